@@ -1,0 +1,188 @@
+"""Keep `# Copied from` copies in sync with their source (like transformers' utils/check_copies.py).
+
+Folders share no code at import time; a folder must still work when copied out alone.
+When two folders need the same code, one holds the source and the others hold marked copies:
+
+    # Copied from chinese_bloom/device_map.py:balanced_device_map
+    def balanced_device_map(...):            # must equal the source object, verbatim
+
+    # Copied from chinese_bloom/serve.py:ChatRequest with bloom->glm, Bloom->GLM
+    class ChatRequest(...):                  # equal after replacing in the source text
+
+    # Copied from chinese_classifier/diagram.py       <- line 1, no ":name": the whole file
+
+`:name` may be dotted (`Class.method`). The copy may sit at another indentation level.
+
+    python utils/check_copies.py           # exit 1 and list every drifted copy
+    python utils/check_copies.py --fix     # rewrite drifted copies from their sources
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+import textwrap
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"^(?P<indent>\s*)# Copied from (?P<path>[^\s:]+)(?::(?P<name>[\w.]+))?(?:\s+with\s+(?P<repl>.+?))?\s*$")
+SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "outputs", "node_modules", ".ipynb_checkpoints"}
+
+
+@dataclass
+class Copy:
+    file: Path       # the file holding the copy
+    line: int        # 1-based line of the marker
+    source: str      # "<folder>/<file>"
+    name: str | None
+    replacements: list[tuple[str, str]]
+
+
+@dataclass
+class Problem:
+    copy: Copy
+    message: str
+    fixed_lines: list[str] | None = None  # the whole file as --fix would write it
+
+
+def iter_py_files(root: Path):
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).parts
+        if any(part in SKIP_DIRS or (part.startswith(".") and part != ".") for part in rel[:-1]):
+            continue
+        yield p
+
+
+def parse_replacements(text: str | None) -> list[tuple[str, str]]:
+    if not text:
+        return []
+    pairs = []
+    for item in text.split(","):
+        if "->" not in item:
+            raise ValueError(f"bad replacement {item.strip()!r}: expected OLD->NEW")
+        old, new = item.strip().split("->", 1)
+        pairs.append((old.strip(), new.strip()))
+    return pairs
+
+
+def find_copies(root: Path) -> list[Copy]:
+    copies = []
+    for f in iter_py_files(root):
+        with f.open("rb") as fh:  # real comments only, not markers quoted inside strings
+            comments = [t for t in tokenize.tokenize(fh.readline) if t.type == tokenize.COMMENT]
+        for t in comments:
+            m = MARKER.match(t.line.rstrip("\r\n"))
+            if m:
+                copies.append(Copy(f, t.start[0], m["path"], m["name"], parse_replacements(m["repl"])))
+    return copies
+
+
+def _node_span(node: ast.AST) -> tuple[int, int]:
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    return start, node.end_lineno
+
+
+def find_object(tree: ast.Module, dotted: str):
+    body = tree.body
+    node = None
+    for part in dotted.split("."):
+        node = next((n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                     and n.name == part), None)
+        if node is None:
+            return None
+        body = node.body
+    return node
+
+
+def object_at_line(tree: ast.Module, line: int):
+    """The def/class (at any depth) whose first line, decorators included, is `line`."""
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _node_span(n)[0] == line:
+            return n
+    return None
+
+
+def _apply(text: str, replacements) -> str:
+    for old, new in replacements:
+        text = text.replace(old, new)
+    return text
+
+
+def check_copy(root: Path, c: Copy) -> Problem | None:
+    src_file = root / c.source
+    where = f"{c.file.relative_to(root)}:{c.line}"
+    if not src_file.is_file():
+        return Problem(c, f"{where}: source file {c.source} does not exist")
+    src_text = src_file.read_text(encoding="utf-8")
+    copy_lines = c.file.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    if c.name is None:  # whole file
+        if c.line != 1:
+            return Problem(c, f"{where}: a whole-file marker (no ':name') must be on line 1")
+        expected = _apply(src_text, c.replacements)
+        if "".join(copy_lines[1:]) != expected:
+            return Problem(c, f"{where}: whole-file copy differs from {c.source}",
+                           fixed_lines=[copy_lines[0]] + expected.splitlines(keepends=True))
+        return None
+
+    src_node = find_object(ast.parse(src_text), c.name)
+    if src_node is None:
+        return Problem(c, f"{where}: {c.source} has no top-level def/class {c.name!r}")
+    s0, s1 = _node_span(src_node)
+    src_block = textwrap.dedent("".join(src_text.splitlines(keepends=True)[s0 - 1:s1]))
+    src_block = _apply(src_block, c.replacements)
+
+    copy_node = object_at_line(ast.parse("".join(copy_lines)), c.line + 1)
+    if copy_node is None:
+        return Problem(c, f"{where}: the marker must be directly above a def or class")
+    c0, c1 = _node_span(copy_node)
+    indent = re.match(r"\s*", copy_lines[c0 - 1]).group(0)
+    copy_block = textwrap.dedent("".join(copy_lines[c0 - 1:c1]))
+    if copy_block != src_block:
+        new_block = textwrap.indent(src_block, indent, lambda ln: ln.strip() != "")
+        return Problem(c, f"{where}: copy of {c.source}:{c.name} has drifted from its source",
+                       fixed_lines=copy_lines[:c0 - 1] + new_block.splitlines(keepends=True) + copy_lines[c1:])
+    return None
+
+
+def check(root: Path = ROOT, fix: bool = False) -> list[Problem]:
+    problems = []
+    # bottom-up inside each file, so fixing one copy never shifts the marker lines still to check
+    for c in sorted(find_copies(root), key=lambda c: (str(c.file), -c.line)):
+        try:
+            p = check_copy(root, c)
+        except (SyntaxError, ValueError) as e:
+            p = Problem(c, f"{c.file.relative_to(root)}:{c.line}: {e}")
+        if p is None:
+            continue
+        if fix and p.fixed_lines is not None:
+            c.file.write_text("".join(p.fixed_lines), encoding="utf-8")
+            p = check_copy(root, c)
+        if p is not None:
+            problems.append(p)
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fix", action="store_true", help="rewrite drifted copies from their sources")
+    ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this repo)")
+    args = ap.parse_args(argv)
+    root = args.root.resolve()
+    n = len(find_copies(root))
+    problems = check(root, fix=args.fix)
+    for p in problems:
+        print(p.message)
+    if problems:
+        print(f"{len(problems)} of {n} copies out of sync. Fix: edit the source, then run "
+              f"`python utils/check_copies.py --fix`.")
+        return 1
+    print(f"check_copies: {n} copies in sync")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
