@@ -1,0 +1,53 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+FOLDER = Path(__file__).resolve().parents[1]
+if str(FOLDER) not in sys.path:
+    sys.path.insert(0, str(FOLDER))
+
+
+# Copied from chinese_classifier/tests/conftest.py:run_notebook
+def run_notebook(path, env=None, timeout=600):
+    """Execute a notebook top to bottom in its own folder; raise on the first failing cell.
+
+    `env` is exported to the kernel (e.g. {"ZERO_NLP_OUTPUT_DIR": str(tmp_path)}).
+    Returns the executed notebook so tests can assert on cell outputs.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """3000 real paragraphs -> clean (4 shards) -> 1k-vocab BPE tokenizer -> tokens (block 32). Shared, read-only."""
+    import clean_data
+    import dataset
+    import train_tokenizer
+
+    root = tmp_path_factory.mktemp("clm_pipeline")
+    raw = clean_data.write_shards(root / "raw", clean_data.people_daily_docs(3000), 4)
+    summary = clean_data.main(["--input", str(raw), "--output_dir", str(root / "clean"), "--num_workers", "2",
+                               "--valid_ratio", "0.1"])
+    train_tokenizer.main(["--input", str(root / "clean"), "--output_dir", str(root / "tok"), "--vocab_size", "1024"])
+    meta = dataset.main(["--input", str(root / "clean"), "--output_dir", str(root / "tokens"), "--tokenizer_name_or_path",
+                         str(root / "tok"), "--block_size", "32", "--num_workers", "2", "--batch_docs", "64"])
+    return {"root": root, "raw": raw, "clean": root / "clean", "tok": root / "tok", "tokens": root / "tokens",
+            "summary": summary, "meta": meta}

@@ -1,0 +1,135 @@
+"""Data pipeline: rejects with file+line, exact dedup, exact token accounting, resumable preprocessing."""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+import clean_data
+import dataset
+from clean_data import people_daily_docs, write_shards
+
+FOLDER = Path(__file__).resolve().parents[1]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text("utf-8").splitlines()]
+
+
+def test_corrupt_shards_reported_with_file_and_line_rest_processed(tmp_path):
+    docs = people_daily_docs(60)
+    long_docs = [d for d in docs if len(d) >= 20][:12]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = [json.dumps({"content": d}, ensure_ascii=False).encode() for d in long_docs[:4]]
+    # line 3: broken JSON, line 5: invalid UTF-8, line 6: field missing; the rest is fine
+    (raw / "a.jsonl").write_bytes(b"\n".join([good[0], good[1], b'{"content": "unterminated', good[2],
+                                              b'{"content": "\xff\xfe bad bytes"}', b'{"title": "no content"}',
+                                              good[3]]) + b"\n")
+    with gzip.open(raw / "b.jsonl.gz", "wb") as f:  # gzip shard; its first doc duplicates a.jsonl line 1
+        f.write(b"\n".join([good[0]] + [json.dumps({"content": d}, ensure_ascii=False).encode()
+                                        for d in long_docs[4:8]]) + b"\n")
+    truncated = gzip.compress("".join(json.dumps({"content": d}, ensure_ascii=False) + "\n"
+                                      for d in long_docs[8:12]).encode())
+    (raw / "c.jsonl.gz").write_bytes(truncated[:-30])  # cut off: a broken gzip stream
+    out = tmp_path / "clean"
+    summary = clean_data.main(["--input", str(raw), "--output_dir", str(out), "--text_field", "content",
+                               "--num_workers", "2", "--valid_ratio", "0"])
+
+    rejects = read_jsonl(out / "rejects.jsonl")
+    where = {(Path(r["file"]).name, r["line"], r["reason"]) for r in rejects}
+    assert ("a.jsonl", 3, "bad_json") in where
+    assert ("a.jsonl", 5, "bad_utf8") in where
+    assert ("a.jsonl", 6, "missing_field") in where
+    assert ("b.jsonl.gz", 1, "duplicate") in where  # first occurrence (a.jsonl:1) wins
+    assert any(f == "c.jsonl.gz" and r == "bad_file" for f, _, r in where)
+    kept = [d["text"] for p in sorted(out.glob("train-*.jsonl")) for d in read_jsonl(p)]
+    expected = [clean_data.normalize(d) for d in long_docs[:8]]
+    assert kept[:8] == expected  # every good record of a and b kept, in order, the duplicate once
+    assert summary["kept"] + summary["rejected"] == summary["read"]
+    assert summary["reasons"]["duplicate"] == 1 and summary["reasons"]["bad_json"] == 1
+
+
+def test_filters_and_resume_skip_done_shards(tmp_path):
+    raw = write_shards(tmp_path / "raw", people_daily_docs(400) + ["哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈哈", "abc def ghi jkl mno"], 2)
+    out = tmp_path / "clean"
+    args = ["--input", str(raw), "--output_dir", str(out), "--num_workers", "2"]
+    first = clean_data.main(args)
+    assert first["reasons"]["repetitive"] >= 1 and first["reasons"]["low_chinese_ratio"] >= 1
+    markers = sorted((out / "stage").glob("*.json"))
+    mtimes = [m.stat().st_mtime_ns for m in markers]
+    train_before = [p.read_bytes() for p in sorted(out.glob("train-*.jsonl"))]
+    second = clean_data.main(args)  # everything done: nothing is recomputed, same result
+    assert [m.stat().st_mtime_ns for m in markers] == mtimes
+    assert [p.read_bytes() for p in sorted(out.glob("train-*.jsonl"))] == train_before
+    assert {k: second[k] for k in ("read", "kept", "reasons")} == {k: first[k] for k in ("read", "kept", "reasons")}
+
+
+def test_split_is_by_document_and_exact_token_accounting(pipeline):
+    tok = AutoTokenizer.from_pretrained(pipeline["tok"])
+    meta, summary = pipeline["meta"], pipeline["summary"]
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == len(tok) == 1024
+    for split in ("train", "valid"):
+        texts = [d["text"] for p in sorted(pipeline["clean"].glob(f"{split}-*.jsonl")) for d in read_jsonl(p)]
+        assert len(texts) == summary[f"{split}_docs"] == meta["splits"][split]["docs"]
+        # reference: every kept document tokenised on its own + one EOS, in shard order
+        expected = np.concatenate([tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts])
+        stream = np.concatenate([np.fromfile(pipeline["tokens"] / s["file"], dtype=np.uint16)
+                                 for s in meta["splits"][split]["shards"]])
+        np.testing.assert_array_equal(stream, expected)
+        ds = dataset.PackedDataset(pipeline["tokens"], split)
+        blocks = np.concatenate([ds[i]["input_ids"].numpy() for i in range(len(ds))])
+        remainder = len(expected) - len(blocks)
+        assert 0 <= remainder < 32  # tokens in all blocks = docs + separators - the final remainder
+        np.testing.assert_array_equal(blocks, expected[:len(blocks)])
+    train = {d["text"] for p in pipeline["clean"].glob("train-*.jsonl") for d in read_jsonl(p)}
+    valid = {d["text"] for p in pipeline["clean"].glob("valid-*.jsonl") for d in read_jsonl(p)}
+    assert valid and not train & valid
+
+
+def test_blocks_spanning_shards_and_any_block_size(pipeline):
+    meta = pipeline["meta"]
+    stream = np.concatenate([np.fromfile(pipeline["tokens"] / s["file"], dtype=np.uint16)
+                             for s in meta["splits"]["train"]["shards"]])
+    for block in (7, 50):
+        ds = dataset.PackedDataset(pipeline["tokens"], "train", block_size=block)
+        assert len(ds) == len(stream) // block
+        for i in (0, len(ds) // 3, len(ds) - 1):  # random access, some blocks cross shard boundaries
+            np.testing.assert_array_equal(ds[i]["input_ids"].numpy(), stream[i * block:(i + 1) * block])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_tokenization_resumes_after_kill(pipeline, tmp_path):
+    raw = write_shards(tmp_path / "raw", people_daily_docs(2400), 24)
+    cmd = [sys.executable, str(FOLDER / "dataset.py"), "--input", str(raw), "--tokenizer_name_or_path",
+           str(pipeline["tok"]), "--num_workers", "1", "--batch_docs", "8"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--output_dir", str(killed)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list(killed.glob("train-*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group we started: dataset.py and its pool worker
+        proc.wait()
+    done = sorted(killed.glob("train-*.json"))
+    assert 3 <= len(done) < 24 and not (killed / "meta.json").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in done}
+    (killed / "train-00023.bin").write_bytes(b"\x00" * 10)  # a stray partial file without a marker: redone
+    subprocess.run(cmd + ["--output_dir", str(killed)], check=True, capture_output=True)
+    assert all((killed / n).stat().st_mtime_ns == t for n, t in mtimes.items())  # finished shards not redone
+    subprocess.run(cmd + ["--output_dir", str(tmp_path / "fresh"), "--num_workers", "2"], check=True, capture_output=True)
+    for name in sorted(p.name for p in (tmp_path / "fresh").glob("train-*.bin")):
+        assert (killed / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    assert not list(killed.glob("*.tmp"))
+    resumed, fresh = (json.loads((d / "meta.json").read_text()) for d in (killed, tmp_path / "fresh"))
+    assert resumed["splits"] == fresh["splits"]
