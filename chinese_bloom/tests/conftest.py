@@ -1,0 +1,65 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FOLDER = Path(__file__).resolve().parents[1]
+if str(FOLDER) not in sys.path:
+    sys.path.insert(0, str(FOLDER))
+torch.set_num_threads(2)
+
+
+# Copied from chinese_classifier/tests/conftest.py:run_notebook
+def run_notebook(path, env=None, timeout=600):
+    """Execute a notebook top to bottom in its own folder; raise on the first failing cell.
+
+    `env` is exported to the kernel (e.g. {"ZERO_NLP_OUTPUT_DIR": str(tmp_path)}).
+    Returns the executed notebook so tests can assert on cell outputs.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def _tiny_config(model_type: str, vocab_size: int = 1000, layers: int = 2):
+    """Tiny configs of the four architectures this folder supports."""
+    from transformers import BloomConfig, FalconConfig, GPTNeoXConfig, LlamaConfig
+    if model_type == "bloom":
+        return BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=layers, n_head=4)
+    if model_type == "falcon":
+        return FalconConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4)
+    if model_type == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                             intermediate_size=64)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def clean_dir(tmp_path_factory):
+    """The generated default task, cleaned (small)."""
+    import clean_data
+    out = tmp_path_factory.mktemp("clean")
+    clean_data.main(["--output_dir", str(out), "--num_generated", "3000"])
+    return out
