@@ -14,7 +14,8 @@ python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" 2>/dev/null; then
   # 1) a local wheel (find-links / offline mirror), 2) CUDA build when a GPU is present,
   # 3) otherwise the CPU-only index, so a CPU machine never downloads the CUDA build.
-  if python -m pip install -q --no-index "torch==$TORCH_VERSION" 2>/dev/null; then :
+  if python -m pip install -q --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+    python -m pip install -q "torch==$TORCH_VERSION"  # its dependencies, from the usual index
   elif command -v nvidia-smi >/dev/null 2>&1; then python -m pip install -q "torch==$TORCH_VERSION"
   else python -m pip install -q "torch==$TORCH_VERSION" --index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
   fi
