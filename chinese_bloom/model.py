@@ -5,6 +5,7 @@ Only transformers' built-in classes (AutoModelForCausalLM), never trust_remote_c
     databricks/dolly-v2-3b, a LLaMA dir, the vocabulary-pruned BLOOM of model_modify, ...)
   - omitted: a 4-layer BLOOM built from SMALL_CONFIG with a tokenizer trained on our data.
 """
+import json
 import types
 from pathlib import Path
 
@@ -129,3 +130,20 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, tem
                          top_k=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          streamer=streamer)
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- inference loading
+def load_for_inference(model_dir: str, dtype=torch.float32, device_map=None):
+    """(model, tokenizer) from a full checkpoint, a merged one, or a LoRA adapter dir (base + adapter)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise SystemExit(f"--model_dir: {path} does not exist. Fix: train first (bash train.sh) or pass a checkpoint dir")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map=device_map)
+        model = PeftModel.from_pretrained(model, path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
+    return model.eval(), tokenizer

@@ -11,6 +11,7 @@ Reports held-out exact match (greedy generation) before and after training.
 """
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,13 +125,16 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     template = get_template(model_args.template)
     check_model_path(model_args.model_name_or_path)
+    if model_args.model_name_or_path and Path(model_args.model_name_or_path).is_dir():
+        # absolute, so the adapter_config.json of a LoRA run still finds its base from anywhere
+        model_args.model_name_or_path = str(Path(model_args.model_name_or_path).resolve())
     if model_args.use_lora and model_args.model_name_or_path is None:
         raise SystemExit("--use_lora: LoRA needs a trained base model, and the offline default starts from random "
                          "weights. Fix: train it fully first (python train.py), then pass "
                          "--model_name_or_path outputs/bloom_full --use_lora")
     set_seed(training_args.seed)
-    if not torch.cuda.is_available():
-        torch.set_num_threads(min(torch.get_num_threads(), 4))
+    if not torch.cuda.is_available():  # more threads than half the cores mostly spin-wait on a busy CPU
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
     data_dir = Path(data_args.data_dir)
     train_records = read_clean_records(data_args.train_file or data_dir / "train.jsonl")

@@ -8,7 +8,7 @@ import torch
 FOLDER = Path(__file__).resolve().parents[1]
 if str(FOLDER) not in sys.path:
     sys.path.insert(0, str(FOLDER))
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 # Copied from chinese_classifier/tests/conftest.py:run_notebook
