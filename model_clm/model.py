@@ -46,6 +46,10 @@ def build_model(args: ModelArguments, tokenizer):
         config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
         model = AutoModelForCausalLM.from_config(config)
+    if getattr(model, "loss_type", None) is None:
+        # e.g. GPT2LMHeadModel: its loss already falls back to ForCausalLM, but without the name the Trainer
+        # counts all labels instead of labels[..., 1:] and scales the loss by (T-1)/T
+        model.loss_type = "ForCausalLM"
     n_embed = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embed:
         raise SystemExit(f"--tokenizer_name_or_path: tokenizer has {len(tokenizer)} tokens but the model embeds only "

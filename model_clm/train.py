@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from transformers import (AutoTokenizer, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments,
-                          default_data_collator)
+                          default_data_collator, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset import EpochShuffleSampler, PackedDataset, load_meta
@@ -54,6 +54,7 @@ class CLMTrainingArguments(TrainingArguments):
     save_steps: float = 100
     save_total_limit: int | None = 2
     report_to: None | str | list[str] = "tensorboard"
+    dataloader_pin_memory: bool = torch.cuda.is_available()
     seed: int = 42
 
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(tokenizer) != meta["vocab_size"]:
         raise SystemExit(f"--tokenizer_name_or_path: {tok_path} has {len(tokenizer)} tokens but {data_args.data_dir} "
                          f"was built with {meta['vocab_size']} ({meta['tokenizer']}). Fix: use the same tokenizer.")
+    set_seed(args.seed)  # the from-scratch init must be reproducible too (Trainer seeds only after it exists)
     model = build_model(model_args, tokenizer)
     block_size = data_args.block_size or meta["block_size"]
     max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
     eval_metrics.update({k: v for k, v in metrics.items()})
     trainer.save_metrics("eval", eval_metrics)
     if trainer.is_world_process_zero():
+        (Path(args.output_dir) / "data_config.json").write_text(json.dumps(
+            {"data_dir": str(Path(data_args.data_dir).resolve()), "block_size": block_size,
+             "max_eval_blocks": data_args.max_eval_blocks}, indent=1))
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
         print(json.dumps({k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}))
     return {**eval_metrics, "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,

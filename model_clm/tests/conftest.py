@@ -35,6 +35,11 @@ def run_notebook(path, env=None, timeout=600):
     return nb
 
 
+@pytest.fixture
+def notebook():
+    return run_notebook
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """3000 real paragraphs -> clean (4 shards) -> 1k-vocab BPE tokenizer -> tokens (block 32). Shared, read-only."""

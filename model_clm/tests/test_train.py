@@ -1,0 +1,155 @@
+"""Training: perplexity drops, exact data-position resume, real-checkpoint path, clear argument errors, notebook."""
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import dataset
+import train
+
+FOLDER = Path(__file__).resolve().parents[1]
+TINY = "hidden_size=32,intermediate_size=64,num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2"
+
+
+def common(pipeline, out, *extra):
+    return ["--data_dir", str(pipeline["tokens"]), "--tokenizer_name_or_path", str(pipeline["tok"]),
+            "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true",
+            "--dataloader_pin_memory", "false", "--max_eval_blocks", "32", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clm_trained")
+    metrics = train.main(common(pipeline, out, "--config_overrides",
+                                "hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4",
+                                "--max_steps", "150", "--per_device_train_batch_size", "16", "--block_size", "64",
+                                "--learning_rate", "5e-3", "--eval_steps", "50", "--save_steps", "150",
+                                "--logging_steps", "10", "--report_to", "tensorboard"))
+    return out, metrics
+
+
+def test_heldout_perplexity_drops(trained):
+    out, metrics = trained
+    # random init is ~uniform over the 1024-token vocabulary; 150 small steps must halve held-out perplexity
+    assert metrics["init_perplexity"] > 500
+    assert metrics["perplexity"] < 0.5 * metrics["init_perplexity"], metrics
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["perplexity"] == pytest.approx(math.exp(saved["eval_loss"]))
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "curves.png", "checkpoint-150/data_position.json"):
+        assert (out / name).exists(), name
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+
+
+def test_notebook_runs_on_trained_model(trained, notebook):
+    out, metrics = trained
+    nb = notebook(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": out})
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    ppl = float(re.search(r"held-out perplexity ([0-9.]+)", text).group(1))
+    assert ppl == pytest.approx(metrics["perplexity"], rel=1e-3)  # the notebook recomputes train.py's number
+    assert "generated:" in text
+
+
+def test_resume_continues_exact_data_position(pipeline, tmp_path, monkeypatch):
+    # record what the model is actually trained on (the dataloader itself reads one batch ahead)
+    blocks = dataset.PackedDataset(pipeline["tokens"], "train", max_blocks=40)
+    index_of = {blocks[i]["input_ids"].numpy().tobytes(): i for i in range(len(blocks))}
+    assert len(index_of) == 40
+    seen = []
+    step = train.CLMTrainer.training_step
+
+    def recording_step(self, model, inputs, *a, **kw):
+        seen.extend(index_of[row.numpy().tobytes()] for row in inputs["input_ids"])
+        return step(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(train.CLMTrainer, "training_step", recording_step)
+    args = ["--config_overrides", TINY, "--max_train_blocks", "40", "--per_device_train_batch_size", "4",
+            "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--eval_strategy", "no", "--save_steps", "13",
+            "--logging_steps", "1"]  # 10 steps an epoch; stop and resume at step 13, in the middle of epoch 1
+
+    train.main(common(pipeline, tmp_path / "a", *args, "--max_steps", "25"))
+    straight, seen[:] = list(seen), []
+    train.main(common(pipeline, tmp_path / "b", *args, "--max_steps", "13"))
+    before, seen[:] = list(seen), []
+    train.main(common(pipeline, tmp_path / "b", *args, "--max_steps", "25", "--resume_from_checkpoint", "last"))
+    after = list(seen)
+
+    assert len(straight) == 25 * 4 and before + after == straight  # nothing repeated, nothing skipped
+    sampler = dataset.EpochShuffleSampler(40, seed=42)
+    assert straight == [int(i) for e in range(3) for i in sampler.order(e)][:100]  # whole epochs are permutations
+    pos = json.loads((tmp_path / "b/checkpoint-13/data_position.json").read_text())
+    assert (pos["epoch"], pos["next_index_in_epoch"]) == (1, 12)
+    assert after[0] == sampler.order(1)[12]
+    a, b = load_file(tmp_path / "a/model.safetensors"), load_file(tmp_path / "b/model.safetensors")
+    for k in a:  # same data, same order, same optimizer state: the same weights
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(SystemExit, match="--resume_from_checkpoint"):  # a different batch layout can't continue exactly
+        train.main(common(pipeline, tmp_path / "b", *args, "--max_steps", "30", "--resume_from_checkpoint", "last",
+                          "--per_device_train_batch_size", "8"))
+
+
+def test_continue_from_real_checkpoint(pipeline, tmp_path):
+    ckpt = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=1024, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(ckpt)
+    metrics = train.main(common(pipeline, tmp_path / "out", "--model_name_or_path", str(ckpt), "--max_steps", "3",
+                                "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_steps", "100"))
+    # the initial held-out loss is the saved checkpoint's own loss: the weights really came from disk
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    valid = dataset.PackedDataset(pipeline["tokens"], "valid", max_blocks=32)
+    with torch.no_grad():
+        ids = torch.stack([valid[i]["input_ids"] for i in range(len(valid))])
+        ref = model(input_ids=ids, labels=ids).loss.item()
+    assert metrics["init_eval_loss"] == pytest.approx(ref, rel=1e-3)
+    assert json.loads((tmp_path / "out/config.json").read_text())["model_type"] == "gpt2"
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--deepspeed", str(FOLDER / "ds_zero2.json")], "--deepspeed"),
+    (["--bf16"], "--bf16"),
+    (["--fp16", "true"], "--fp16"),
+    (["--model_type", "no-such-model"], "--model_type"),
+    (["--block_size", "4096"], "--block_size"),
+    (["--resume_from_checkpoint", "last"], "--resume_from_checkpoint"),
+])
+def test_bad_arguments_fail_early_with_one_line(pipeline, tmp_path, extra, match):
+    if torch.cuda.is_available() and match in ("--deepspeed", "--bf16", "--fp16"):
+        pytest.skip("GPU present: half precision and DeepSpeed are allowed")
+    with pytest.raises(SystemExit, match=match):
+        train.main(common(pipeline, tmp_path / "o", "--config_overrides", TINY, *extra))
+
+
+def test_missing_data_and_mismatched_tokenizer(pipeline, tmp_path):
+    with pytest.raises(SystemExit, match="--data_dir"):
+        train.main(["--data_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o")])
+    other = tmp_path / "tok2"
+    import train_tokenizer
+    train_tokenizer.main(["--input", str(pipeline["clean"]), "--output_dir", str(other), "--vocab_size", "512",
+                          "--max_docs", "300"])
+    with pytest.raises(SystemExit, match="--tokenizer_name_or_path"):
+        train.main(common(pipeline, tmp_path / "o")[:2] + ["--tokenizer_name_or_path", str(other),
+                                                           "--output_dir", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("name, stage, offload", [
+    ("ds_zero2.json", 2, False), ("ds_zero2_offload.json", 2, True),
+    ("ds_zero3.json", 3, False), ("ds_zero3_offload.json", 3, True),
+])
+def test_deepspeed_configs(name, stage, offload):
+    cfg = json.loads((FOLDER / name).read_text())
+    z = cfg["zero_optimization"]
+    assert z["stage"] == stage
+    # "auto" lets the Trainer fill batch sizes / precision / optimizer hyper-parameters from its own arguments
+    assert cfg["train_micro_batch_size_per_gpu"] == cfg["gradient_accumulation_steps"] == "auto"
+    assert cfg["optimizer"]["params"]["lr"] == "auto"
+    assert (z.get("offload_optimizer", {}).get("device") == "cpu") == offload
+    if stage == 3:
+        assert (z.get("offload_param", {}).get("device") == "cpu") == offload
+        assert z["stage3_gather_16bit_weights_on_model_save"] is True  # save_model writes full weights
+    else:
+        assert "offload_param" not in z  # ZeRO-2 cannot offload parameters
