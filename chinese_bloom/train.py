@@ -43,8 +43,9 @@ class DataArguments:
     train_file: str | None = field(default=None)
     validation_file: str | None = field(default=None)
     test_file: str | None = field(default=None)
-    max_length: int = field(default=512, metadata={"help": "tokens per sample, and per packed row"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per sample and per packed row; default 128 offline, 1024 for a checkpoint"})
     packing: bool = field(default=True, metadata={"help": "pack several samples per row (block-diagonal attention)"})
+    tasks: str | None = field(default=None, metadata={"help": "comma separated 'task' values to keep (generated data), e.g. parity"})
     max_train_samples: int | None = field(default=None)
     eval_samples: int = field(default=200, metadata={"help": "test questions used for exact match"})
     max_new_tokens: int = field(default=24)
@@ -53,10 +54,10 @@ class DataArguments:
 @dataclass
 class SFTTrainingArguments(TrainingArguments):
     output_dir: str = field(default=str(HERE / "outputs/bloom_full"))
-    num_train_epochs: float = field(default=40)
+    num_train_epochs: float = field(default=15)
     per_device_train_batch_size: int = field(default=8)
     per_device_eval_batch_size: int = field(default=8)
-    learning_rate: float = field(default=2e-3)
+    learning_rate: float = field(default=1e-3)  # offline default; use ~2e-5 (full) / 2e-4 (LoRA) on real checkpoints
     warmup_steps: float = field(default=30)
     lr_scheduler_type: str = field(default="cosine")
     weight_decay: float = field(default=0.01)
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--use_lora: LoRA needs a trained base model, and the offline default starts from random "
                          "weights. Fix: train it fully first (python train.py), then pass "
                          "--model_name_or_path outputs/bloom_full --use_lora")
+    if data_args.max_length is None:
+        data_args.max_length = 128 if model_args.model_name_or_path is None else 1024
     set_seed(training_args.seed)
     if not torch.cuda.is_available():  # more threads than half the cores mostly spin-wait on a busy CPU
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
@@ -140,6 +143,13 @@ def main(argv: list[str] | None = None) -> dict:
     train_records = read_clean_records(data_args.train_file or data_dir / "train.jsonl")
     val_records = read_clean_records(data_args.validation_file or data_dir / "validation.jsonl")
     test_records = read_clean_records(data_args.test_file or data_dir / "test.jsonl")
+    if data_args.tasks:
+        keep = set(data_args.tasks.split(","))
+        train_records, val_records, test_records = ([r for r in rs if r.get("task") in keep]
+                                                    for rs in (train_records, val_records, test_records))
+        if not train_records:
+            raise SystemExit(f"--tasks: no training record has task in {sorted(keep)}. "
+                             f"Fix: use values of the 'task' field of the generated data")
     if data_args.max_train_samples:
         train_records = train_records[:data_args.max_train_samples]
 
@@ -187,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         "exact_match_before": before["exact_match"],
         "exact_match_after": after["exact_match"],
         "exact_match_by_task_after": after["exact_match_by_task"],
+        "global_step": trainer.state.global_step,
         "train_samples": len(train_records) - dropped,
         "train_rows": len(train_ds),
         "dropped_too_long": dropped,
