@@ -7,7 +7,7 @@ Reads JSON or JSONL in any of three shapes and writes one canonical shape,
   - OpenAI:         {"messages": [{"role": "user"|"assistant"|"system", "content"}]}
 
 Without --input it first generates the offline default task: templated Chinese questions with
-checkable answers (addition, comparison, odd/even, next day, unit conversion), split into train / validation / test
+checkable answers (addition, comparison, next day, unit conversion), split into train / validation / test
 with no question shared between splits.
 
     python clean_data.py                                   # offline default -> data/cache/clean
@@ -49,16 +49,13 @@ def generate_task(n: int, seed: int = 42) -> list[dict]:
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        kind = rng.choice(["add", "compare", "date", "unit", "parity"])
+        kind = rng.choice(["add", "compare", "date", "unit"])
         if kind == "add":
             a, b = rng.randint(0, 49), rng.randint(0, 49)
             q, ans = rng.choice(["{a}加{b}等于多少？", "计算：{a}+{b}="]).format(a=a, b=b), f"{a + b}"
         elif kind == "compare":
             a, b = rng.sample(range(100), 2)
             q, ans = rng.choice(["{a}和{b}哪个大？", "{a}和{b}中较大的数是几？"]).format(a=a, b=b), f"{max(a, b)}"
-        elif kind == "parity":
-            x = rng.randint(0, 9999)
-            q, ans = f"{x}是奇数还是偶数？", "奇数" if x % 2 else "偶数"
         elif kind == "date":
             d = datetime.date(2000, 1, 1) + datetime.timedelta(days=rng.randint(0, 365 * 30))
             nxt = d + datetime.timedelta(days=1)

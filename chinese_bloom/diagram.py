@@ -15,7 +15,7 @@ from transformers import HfArgumentParser
 
 OUT = Path(__file__).resolve().parents[1] / "images" / "chinese_bloom.png"
 STEPS = [
-    "generated Chinese task (add / compare / odd-even / next day / units)\nor your Alpaca-BELLE / sharegpt / OpenAI-messages JSON(L)",
+    "generated Chinese task (add / compare / next day / unit conversion)\nor your Alpaca-BELLE / sharegpt / OpenAI-messages JSON(L)",
     "clean_data.py: normalise, drop empty answers, dedupe, length policy\n-> train / validation / test.jsonl + rejects.jsonl (line numbers) + summary.json",
     "dataset.py: ONE chat template for training and inference,\nlabels = -100 on prompt tokens, every answer ends with EOS",
     "packing: samples share rows, position_ids restart,\n4D block-diagonal mask (BLOOM: ALiBi derived per sample)",

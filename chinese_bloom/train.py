@@ -45,7 +45,7 @@ class DataArguments:
     test_file: str | None = field(default=None)
     max_length: int | None = field(default=None, metadata={"help": "tokens per sample and per packed row; default 128 offline, 1024 for a checkpoint"})
     packing: bool = field(default=True, metadata={"help": "pack several samples per row (block-diagonal attention)"})
-    tasks: str | None = field(default=None, metadata={"help": "comma separated 'task' values to keep (generated data), e.g. parity"})
+    tasks: str | None = field(default=None, metadata={"help": "comma separated 'task' values to keep (generated data), e.g. unit,date"})
     max_train_samples: int | None = field(default=None)
     eval_samples: int = field(default=200, metadata={"help": "test questions used for exact match"})
     max_new_tokens: int = field(default=24)

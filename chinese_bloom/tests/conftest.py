@@ -61,5 +61,11 @@ def clean_dir(tmp_path_factory):
     """The generated default task, cleaned (small)."""
     import clean_data
     out = tmp_path_factory.mktemp("clean")
-    clean_data.main(["--output_dir", str(out), "--num_generated", "3000"])
+    clean_data.main(["--output_dir", str(out)])
     return out
+
+
+@pytest.fixture(scope="session")
+def notebook_runner():
+    """`run_notebook` as a fixture: `from conftest import ...` would find the repo root's conftest.py."""
+    return run_notebook

@@ -1,0 +1,113 @@
+"""train.py end to end on the generated task: full fine-tuning, LoRA on top, save/merge, resume, notebook."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import merge
+import train
+from dataset import train_tokenizer
+from model import SUPPORTED, load_for_inference
+
+FOLDER = Path(__file__).resolve().parents[1]
+COMMON = ["--max_length", "128", "--per_device_train_batch_size", "8", "--eval_samples", "150",
+          "--disable_tqdm", "True", "--logging_steps", "10"]
+# held-out exact match (greedy generation, 150 unseen questions). The test runs are short (5 + 2 epochs);
+# bash train.sh trains longer and gets much higher numbers (README).
+FULL_THRESHOLD = 0.10   # from-scratch model: 0.0 before (measured here: 0.153 after)
+LORA_THRESHOLD = 0.18   # LoRA on top of it: must beat its base by 0.03 (measured: 0.153 -> 0.207)
+
+
+@pytest.fixture(scope="session")
+def full_run(clean_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    metrics = train.main(["--data_dir", str(clean_dir), "--output_dir", str(out), "--num_train_epochs", "5",
+                          "--learning_rate", "2e-3", "--save_steps", "200", "--save_total_limit", "1", *COMMON])
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def lora_run(full_run, clean_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora")
+    metrics = train.main(["--model_name_or_path", str(full_run[0]), "--use_lora", "--data_dir", str(clean_dir),
+                          "--output_dir", str(out), "--num_train_epochs", "2", "--learning_rate", "2e-3",
+                          "--save_strategy", "no", *COMMON])
+    return out, metrics
+
+
+def test_full_finetuning_learns(full_run):
+    out, m = full_run
+    assert m["eval_loss"] < 0.35 * m["first_logged_loss"]  # answer-token loss falls from ~ln(vocab)
+    assert m["exact_match_before"] == 0.0 and m["exact_match_after"] >= FULL_THRESHOLD
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "curves.png", "test_results.json"):
+        assert (out / name).exists(), name
+    assert list(out.glob("checkpoint-*")) and list((out / "runs").iterdir())
+
+
+def test_resume_from_last_checkpoint(full_run, clean_dir):
+    out, m = full_run
+    last = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    state = json.loads((last / "trainer_state.json").read_text())
+    resumed = train.main(["--data_dir", str(clean_dir), "--output_dir", str(out), "--num_train_epochs", "5",
+                          "--learning_rate", "2e-3", "--save_strategy", "no", "--resume_from_checkpoint", "last",
+                          *COMMON[:-4], "--eval_samples", "8"])
+    # picks up at the saved step and finishes the schedule instead of starting over
+    assert resumed["global_step"] == m["global_step"] >= state["global_step"]
+
+
+def test_lora_learns_held_out_task(lora_run, full_run):
+    out, m = lora_run
+    assert m["exact_match_before"] == pytest.approx(full_run[1]["exact_match_after"])  # starts from the base
+    assert m["exact_match_after"] >= LORA_THRESHOLD
+    assert m["exact_match_after"] >= m["exact_match_before"] + 0.03
+    # only the adapter is saved
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    adapter = (out / "adapter_model.safetensors").stat().st_size
+    assert adapter < 0.5 * (full_run[0] / "model.safetensors").stat().st_size
+
+
+def test_adapter_save_load_merge_same_logits(lora_run, tmp_path):
+    out, _ = lora_run
+    model, tok = load_for_inference(str(out))
+    merged_dir = merge.main(["--adapter_dir", str(out), "--output_dir", str(tmp_path / "merged")])
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert AutoTokenizer.from_pretrained(merged_dir).get_vocab() == tok.get_vocab()
+    ids = tok(["Human: 37千米等于多少米？\n\nAssistant: "], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, merged(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # and the adapter really changed the base model
+    base = AutoModelForCausalLM.from_pretrained(json.loads((out / "adapter_config.json").read_text())
+                                                ["base_model_name_or_path"]).eval()
+    with torch.no_grad():
+        assert (base(input_ids=ids).logits - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("model_type", [t for t in SUPPORTED if t != "bloom"])
+def test_real_checkpoint_path_other_architectures(model_type, tiny_config, clean_dir, tmp_path):
+    """--model_name_or_path with Falcon / GPT-NeoX / LLaMA checkpoints (tiny, saved with save_pretrained)."""
+    texts = [line for line in open(clean_dir / "train.jsonl", encoding="utf-8")][:500]
+    tok = train_tokenizer(texts, vocab_size=400)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size=len(tok)))
+    model.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    args = ["--model_name_or_path", str(tmp_path / "ckpt"), "--data_dir", str(clean_dir), "--max_train_samples", "400",
+            "--num_train_epochs", "2", "--learning_rate", "3e-3", "--save_strategy", "no", *COMMON[:-4],
+            "--eval_samples", "4", "--logging_steps", "2"]
+    m = train.main(args + ["--output_dir", str(tmp_path / "full")])
+    assert m["eval_loss"] < 0.8 * m["first_logged_loss"]
+    m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--use_lora", "--lora_target_modules",
+                           "all-linear"])
+    assert m["eval_loss"] < m["first_logged_loss"]
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+
+
+def test_notebook_runs(lora_run, notebook_runner):
+    out, m = lora_run
+    nb = notebook_runner(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": str(out)})
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "PeftModel" in text  # base + adapter were loaded
+    assert "stopped at EOS: True" in text
