@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None):
         from transformers import AutoConfig
 
         from device_map import balanced_device_map
+        if (Path(args.model_dir) / "adapter_config.json").exists():
+            raise SystemExit("--num_gpus: splitting over GPUs needs a full checkpoint, not a LoRA adapter. "
+                             "Fix: python merge.py --adapter_dir ... first and serve the merged dir")
         if torch.cuda.device_count() < args.num_gpus:
             raise SystemExit(f"--num_gpus: {args.num_gpus} requested but {torch.cuda.device_count()} visible. "
                              f"Fix: lower --num_gpus")

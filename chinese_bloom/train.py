@@ -84,10 +84,11 @@ def check_cpu_flags(argv: list[str]) -> None:
 
 
 def exact_match(model, tokenizer, records, template, max_new_tokens: int, batch_size: int = 32) -> dict:
-    """Greedy answers to the first user turn of each record vs its reference answer."""
+    """Greedy answers to the first user turn (plus any system message) of each record vs its reference answer."""
     model.eval()
-    prompts = [build_prompt(r["messages"][:1], template, tokenizer.eos_token) for r in records]
-    refs = [r["messages"][1]["content"] for r in records]
+    firsts = [next(i for i, m in enumerate(r["messages"]) if m["role"] == "assistant") for r in records]
+    prompts = [build_prompt(r["messages"][:i], template, tokenizer.eos_token) for r, i in zip(records, firsts)]
+    refs = [r["messages"][i]["content"] for r, i in zip(records, firsts)]
     preds = []
     for i in range(0, len(prompts), batch_size):
         preds += generate(model, tokenizer, prompts[i:i + batch_size], max_new_tokens=max_new_tokens)
