@@ -4,7 +4,8 @@
     python benchmark.py --sizes_mb 50 500
 
 All three arms run in the same invocation on the same corpus files, tokenizer and cores, each in a fresh
-subprocess; peak RSS is the sum over the arm's whole process tree (main + workers), sampled every 50 ms.
+subprocess; peak RSS (and PSS, which counts pages shared by forked workers once) is summed over the
+arm's whole process tree (main + workers), sampled every 50 ms.
   tokenizer : encode_batch_fast over every line, rayon threads on all cores, output discarded (the limit)
   run_clm   : datasets "text" loader -> map(tokenize, num_proc=cores) -> map(group_texts, num_proc=cores)
   ours      : dataset.build_token_files: one worker process per core, one shard a task, uint16 memmap files
@@ -148,18 +149,19 @@ def measure(cmd: list[str]) -> dict:
     import psutil
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak_tree = peak_main = 0
+    peak_tree = peak_main = peak_pss = 0
     done = threading.Event()
 
     def poll():
-        nonlocal peak_tree, peak_main
+        nonlocal peak_tree, peak_main, peak_pss
         root = psutil.Process(proc.pid)
         while not done.is_set():
             try:
                 procs = [root] + root.children(recursive=True)
                 rss = [p.memory_info().rss for p in procs]
                 peak_tree, peak_main = max(peak_tree, sum(rss)), max(peak_main, rss[0])
-            except psutil.Error:
+                peak_pss = max(peak_pss, sum(pss(p.pid) for p in procs))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.05)
 
@@ -171,7 +173,14 @@ def measure(cmd: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"benchmark arm failed: {' '.join(cmd)}")
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-    return {**result, "peak_rss_mb": peak_tree / 2**20, "peak_rss_main_mb": peak_main / 2**20}
+    return {**result, "peak_rss_mb": peak_tree / 2**20, "peak_rss_main_mb": peak_main / 2**20,
+            "peak_pss_mb": peak_pss / 2**20}
+
+
+def pss(pid: int) -> int:
+    """Proportional set size: forked workers share the parent's pages, which a plain RSS sum counts N times."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[f"{size}MB/{arm}"] = r
             shutil.rmtree(out, ignore_errors=True)
             print(f"{size:>5} MB {arm:>9}: {r['mb_per_s']:6.2f} MB/s  peak RSS {r['peak_rss_mb']:7.0f} MB "
-                  f"(main {r['peak_rss_main_mb']:5.0f})  disk {r['bytes_per_token']:.2f} B/token  "
+                  f"(main {r['peak_rss_main_mb']:5.0f}, PSS {r['peak_pss_mb']:5.0f})  disk {r['bytes_per_token']:.2f} B/token  "
                   f"{r['tokens'] / 1e6:.1f}M tokens", flush=True)
     report(results, args)
     return results
@@ -221,7 +230,9 @@ def report(results: dict, args) -> None:
         for arm in ("run_clm", "ours"):
             a, b = results[f"{lo}MB/{arm}"], results[f"{hi}MB/{arm}"]
             lines.append(f"{arm}: peak RSS {a['peak_rss_mb']:.0f} -> {b['peak_rss_mb']:.0f} MB "
-                         f"({(b['peak_rss_mb'] / a['peak_rss_mb'] - 1) * 100:+.0f}%) for {hi / lo:.0f}x the corpus")
+                         f"({(b['peak_rss_mb'] / a['peak_rss_mb'] - 1) * 100:+.0f}%), PSS {a['peak_pss_mb']:.0f} -> "
+                         f"{b['peak_pss_mb']:.0f} MB ({(b['peak_pss_mb'] / a['peak_pss_mb'] - 1) * 100:+.0f}%) "
+                         f"for {hi / lo:.0f}x the corpus")
     big = results[f"{sizes[-1]}MB/ours"]
     clm = results[f"{sizes[-1]}MB/run_clm"]
     for name, r in (("ours", big), ("run_clm", clm)):

@@ -206,6 +206,20 @@ class PackedDataset(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": ids.clone()}  # the model shifts labels itself
 
 
+def unigram_perplexity(train: PackedDataset, valid: PackedDataset, vocab_size: int, max_tokens: int = 50_000_000) -> float:
+    """Perplexity of a context-free model (add-0.5 token frequencies of the first max_tokens train tokens) on
+    the valid blocks: the bar a language model has to clear to show it learned anything beyond frequencies."""
+    counts = np.zeros(vocab_size, np.int64)
+    total = min(int(train.starts[-1]), max_tokens)
+    for start in range(0, total, 1 << 22):
+        counts += np.bincount(train.tokens(start, min(total, start + (1 << 22))), minlength=vocab_size)
+    logp = np.log((counts + 0.5) / (counts.sum() + 0.5 * vocab_size))
+    ids = valid.tokens(0, len(valid) * valid.block_size)
+    # the models' loss skips each block's first token (nothing to condition on); score the same tokens
+    ids = ids.reshape(len(valid), valid.block_size)[:, 1:]
+    return float(np.exp(-logp[ids].mean()))
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A permutation of range(n) that depends only on (seed, epoch): the same on every rank and every resume."""
 

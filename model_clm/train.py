@@ -22,7 +22,7 @@ from transformers import (AutoTokenizer, HfArgumentParser, Trainer, TrainerCallb
                           default_data_collator, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
-from dataset import EpochShuffleSampler, PackedDataset, load_meta
+from dataset import EpochShuffleSampler, PackedDataset, load_meta, unigram_perplexity
 from model import ModelArguments, build_model
 
 HERE = Path(__file__).resolve().parent
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_metrics("train", train_result.metrics)
     eval_metrics = trainer.evaluate()
     eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"])
+    eval_metrics["unigram_perplexity"] = unigram_perplexity(train_ds, eval_ds, len(tokenizer))
     eval_metrics.update({k: v for k, v in metrics.items()})
     trainer.save_metrics("eval", eval_metrics)
     if trainer.is_world_process_zero():

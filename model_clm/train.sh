@@ -12,7 +12,7 @@ TOKENIZER=${TOKENIZER:-$WORK/tokenizer}          # or a Hub id / dir to continue
 MODEL=${MODEL:-}                                 # e.g. Qwen/Qwen2-0.5B; empty = small llama from scratch
 BLOCK_SIZE=${BLOCK_SIZE:-256}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/clm}
-MAX_STEPS=${MAX_STEPS:-200}                      # -1 = use NUM_EPOCHS
+MAX_STEPS=${MAX_STEPS:-200}                      # -1 = whole epochs (--num_train_epochs, default 1)
 NPROC=${NPROC:-1}                                # >1: torchrun DDP (gloo on CPU, nccl on GPUs)
 
 python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD"

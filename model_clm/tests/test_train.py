@@ -39,6 +39,8 @@ def test_heldout_perplexity_drops(trained):
     # random init is ~uniform over the 1024-token vocabulary; 150 small steps must halve held-out perplexity
     assert metrics["init_perplexity"] > 500
     assert metrics["perplexity"] < 0.5 * metrics["init_perplexity"], metrics
+    # and it uses context: better than token frequencies alone on the same held-out tokens
+    assert metrics["perplexity"] < metrics["unigram_perplexity"], metrics
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["perplexity"] == pytest.approx(math.exp(saved["eval_loss"]))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "curves.png", "checkpoint-150/data_position.json"):
