@@ -15,9 +15,10 @@ NPROC=${NPROC:-1}                # >1: torchrun data parallel (GPU)
 DEEPSPEED=${DEEPSPEED:-}         # ds_zero2.json | ds_zero3.json | ds_zero2_offload.json | ds_zero3_offload.json
 PRECISION=${PRECISION:-}         # --bf16 or --fp16 on GPU; empty = fp32 (CPU)
 LORA_ONLY=${LORA_ONLY:-}         # 1: skip full fine-tuning, train LoRA on MODEL directly
-FULL_EPOCHS=${FULL_EPOCHS:-12}
+FULL_EPOCHS=${FULL_EPOCHS:-15}
 LORA_EPOCHS=${LORA_EPOCHS:-4}
 OUT=${OUT:-outputs}
+MAX_LENGTH=${MAX_LENGTH:-$([ -z "$MODEL" ] && echo 128 || echo 1024)}   # tokens per sample / packed row
 
 if [ -n "$TRAIN_FILE" ]; then
   python clean_data.py --input "$TRAIN_FILE" --output_dir data/cache/clean
@@ -27,7 +28,7 @@ fi
 
 LAUNCH="python"
 if [ "$NPROC" -gt 1 ]; then LAUNCH="torchrun --nproc_per_node $NPROC"; fi
-EXTRA=(--template "$TEMPLATE" --data_dir data/cache/clean $PRECISION)
+EXTRA=(--template "$TEMPLATE" --data_dir data/cache/clean --max_length "$MAX_LENGTH" $PRECISION)
 if [ -n "$DEEPSPEED" ]; then EXTRA+=(--deepspeed "$DEEPSPEED"); fi
 
 BASE="$MODEL"

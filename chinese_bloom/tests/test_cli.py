@@ -55,3 +55,12 @@ def test_deepspeed_configs(name, stage, offload):
         assert zero["stage3_gather_16bit_weights_on_model_save"] is True  # save_pretrained gets real weights
     ints = [v for v in zero.values() if isinstance(v, float)]
     assert not ints, "DeepSpeed wants integer sizes"
+
+
+def test_serve_and_merge_bad_dirs(tmp_path):
+    import merge
+    import serve
+    with pytest.raises(SystemExit, match="--model_dir: .* does not exist"):
+        serve.main(["--model_dir", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="--adapter_dir: .* has no adapter_config.json"):
+        merge.main(["--adapter_dir", str(tmp_path)])
