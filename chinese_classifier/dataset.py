@@ -19,7 +19,7 @@ def build_dataset(files: dict[str, str], tokenizer, label_map: dict, max_length:
                   cache_dir: str | None = None, max_samples: dict[str, int] | None = None):
     """files: {"train": path, "valid": path, "test": path} (jsonl with "text" and "label").
 
-    Returns a DatasetDict with input_ids / attention_mask / labels / length. Labels are class ids,
+    Returns a DatasetDict with input_ids / token_type_ids / attention_mask / labels (+ the text). Labels are class ids,
     or multi-hot float vectors when label_map["multi_label"].
     """
     for split, path in files.items():
@@ -33,7 +33,6 @@ def build_dataset(files: dict[str, str], tokenizer, label_map: dict, max_length:
 
     def encode(batch):
         enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        enc["length"] = [len(ids) for ids in enc["input_ids"]]
         if multi:
             enc["labels"] = [[float(lab in set(labs)) for lab in label2id] for labs in batch["label"]]
         else:
@@ -46,7 +45,7 @@ def build_dataset(files: dict[str, str], tokenizer, label_map: dict, max_length:
 
 def length_stats(ds, tokenizer, max_length: int) -> dict:
     """Token lengths before truncation, to choose --max_length (reviews have a long tail)."""
-    lengths = np.array([len(ids) for ids in tokenizer(list(ds["text"]))["input_ids"]])
+    lengths = np.array([len(ids) for ids in tokenizer(list(ds["text"]), verbose=False)["input_ids"]])
     pct = np.percentile(lengths, [50, 90, 95, 99]).round().astype(int).tolist()
     return {"n": int(len(lengths)), "mean": round(float(lengths.mean()), 1), "p50": pct[0], "p90": pct[1],
             "p95": pct[2], "p99": pct[3], "max": int(lengths.max()),

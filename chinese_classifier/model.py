@@ -103,8 +103,11 @@ def load_trained(model_dir):
 
 
 @torch.no_grad()
-def predict_proba(texts: list[str], model, tokenizer, max_length: int = 256, batch_size: int = 64) -> np.ndarray:
-    """(n_texts, n_labels) probabilities: softmax, or per-label sigmoid for multi-label models."""
+def predict_proba(texts: list[str], model, tokenizer, max_length: int | None = None, batch_size: int = 64) -> np.ndarray:
+    """(n_texts, n_labels) probabilities: softmax, or per-label sigmoid for multi-label models.
+
+    max_length None = tokenizer.model_max_length, which train.py sets to its --max_length.
+    """
     texts = [normalize(t) for t in texts]  # the same normalisation the training data went through
     model.eval()
     multi = model.config.problem_type == "multi_label_classification"

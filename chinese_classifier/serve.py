@@ -28,7 +28,6 @@ class ServeArguments:
     port: int = 8000
     max_texts: int = field(default=64, metadata={"help": "Most texts per request."})
     max_chars: int = field(default=2000, metadata={"help": "Longest accepted text, in characters."})
-    max_length: int = field(default=256, metadata={"help": "Tokens the model sees per text."})
 
 
 class PredictRequest(BaseModel):
@@ -69,7 +68,7 @@ def create_app(args: ServeArguments) -> FastAPI:
                 return error(400, f"texts[{i}] is empty")
             if len(t) > args.max_chars:
                 return error(413, f"texts[{i}] has {len(t)} characters; at most {args.max_chars}")
-        probs = predict_proba(req.texts, model, tokenizer, args.max_length)
+        probs = predict_proba(req.texts, model, tokenizer)
         out = []
         for p in probs:
             item = {"probs": {lab: round(float(x), 6) for lab, x in zip(labels, p)}}

