@@ -123,6 +123,8 @@ def plot_curves(log_history, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     check_cpu_flags(argv)
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "--use_cpu" not in argv:
+        argv.append("--use_cpu")  # torchrun on CPU: without it Trainer silently runs every rank alone (no gloo DDP)
     parser = HfArgumentParser((ModelArguments, DataArguments, SFTTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     template = get_template(model_args.template)

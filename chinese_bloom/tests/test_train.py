@@ -111,3 +111,19 @@ def test_notebook_runs(lora_run, notebook_runner):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "PeftModel" in text  # base + adapter were loaded
     assert "stopped at EOS: True" in text
+
+
+def test_torchrun_two_cpu_processes(clean_dir, tmp_path):
+    """Data parallel on CPU (gloo): 2 processes share the epoch, so each takes half the optimizer steps."""
+    import math
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(FOLDER / "train.py"), "--data_dir", str(clean_dir), "--output_dir", str(tmp_path),
+           "--max_train_samples", "256", "--num_train_epochs", "1", "--eval_samples", "4", "--save_strategy", "no",
+           "--report_to", "none", "--disable_tqdm", "True"]
+    subprocess.run(cmd, check=True, env=env, cwd=FOLDER, capture_output=True, timeout=300)
+    m = json.loads((tmp_path / "test_results.json").read_text())
+    assert m["global_step"] == math.ceil(m["train_rows"] / (2 * 8))
