@@ -64,7 +64,7 @@ def error(status: int, message: str, param: str | None = None) -> JSONResponse:
         "message": message, "type": "invalid_request_error", "param": param, "code": None}})
 
 
-def create_app(model, tokenizer, template, model_name: str = "chinese_bloom", max_tokens_cap: int = 512,
+def create_app(model, tokenizer, template, model_name: str = "zero_nlp", max_tokens_cap: int = 512,
                max_prompt_tokens: int = 2048) -> FastAPI:
     app = FastAPI(title=f"{model_name} (OpenAI-compatible)")
     lock = threading.Lock()  # one generation at a time; other requests wait in the thread pool
