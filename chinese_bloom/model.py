@@ -26,7 +26,8 @@ def load_tokenizer(model_name_or_path: str | None, texts=None):
     try:
         tok = AutoTokenizer.from_pretrained(model_name_or_path)
     except OSError as e:
-        raise SystemExit(f"--model_name_or_path: cannot load a tokenizer from {model_name_or_path!r} ({str(e).splitlines()[0]}). "
+        reason = str(e).splitlines()[0]
+        raise SystemExit(f"--model_name_or_path: cannot load a tokenizer from {model_name_or_path!r} ({reason}). "
                          f"Fix: pass a local directory written by save_pretrained, or check the Hub id / network")
     if tok.pad_token is None:  # LLaMA / GPT-NeoX / Falcon ship without one
         tok.pad_token = tok.eos_token

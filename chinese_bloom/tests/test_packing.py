@@ -1,7 +1,7 @@
 """Packed batches give every sample exactly the loss it has alone (no cross-contamination)."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
 
 from dataset import IGNORE_INDEX, SFTCollator, pack_examples
 from model import SUPPORTED, enable_packing
@@ -54,12 +54,16 @@ def test_packed_loss_equals_unpacked(model_type, attn, tiny_config):
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
 
 
-def test_position_ids_alone_leak_for_bloom(tiny_config):
-    """Why the 4D mask is needed: BLOOM with a plain 2D mask mixes the packed samples."""
+
+@pytest.mark.parametrize("model_type", SUPPORTED)
+def test_flattening_position_ids_alone_leak(model_type, tiny_config):
+    """Why the 4D mask is needed: DataCollatorWithFlattening's restarted position_ids alone (no mask) do not
+    isolate the samples on CPU; the second sample's logits change when the first is packed before it."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("bloom")).eval()
-    a, b = torch.randint(5, 1000, (6,)), torch.randint(5, 1000, (6,))
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    a, b = torch.randint(5, 1000, (6,)).tolist(), torch.randint(5, 1000, (6,)).tolist()
+    batch = DataCollatorWithFlattening()([{"input_ids": a}, {"input_ids": b}])
     with torch.no_grad():
-        alone = model(input_ids=b[None]).logits[0]
-        leaked = model(input_ids=torch.cat([a, b])[None]).logits[0, 6:]
+        alone = model(input_ids=torch.tensor([b])).logits[0]
+        leaked = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, 6:]
     assert (alone - leaked).abs().max() > 1e-3
