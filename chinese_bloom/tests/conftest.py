@@ -8,7 +8,15 @@ import torch
 FOLDER = Path(__file__).resolve().parents[1]
 if str(FOLDER) not in sys.path:
     sys.path.insert(0, str(FOLDER))
-torch.set_num_threads(1)
+_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One thread: on a small shared CPU more threads mostly spin-wait. Restored for other folders' tests."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(_THREADS)
 
 
 # Copied from chinese_classifier/tests/conftest.py:run_notebook
