@@ -6,13 +6,15 @@
 On-disk format (read by this folder's train.py and by the pipeline folder), `output_dir/`:
   {split}-{k:05d}.bin   raw little-endian token ids (dtype from meta.json), no header. Every document of
                         input shard k is encoded without special tokens and followed by one EOS id.
-  {split}-{k:05d}.json  per-shard done marker: {"source", "docs", "tokens"} (written after the .bin rename)
+  {split}-{k:05d}.json  per-shard done marker: {"source", "file", "docs", "tokens", "bytes", "tokenizer_sha"}
+                        (written after the .bin rename; a shard is redone if the tokenizer changed)
   meta.json             see write_meta(): format, tokenizer, vocab_size, eos_token_id, dtype, block_size and
                         per split {"docs", "tokens", "blocks", "shards": [{"file", "docs", "tokens"}]}
 A split is one token stream: its shards concatenated in the listed order. Block i of a split is stream tokens
 [i*block_size, (i+1)*block_size), which may span two shards, so only the final remainder (< block_size tokens)
 of the whole split is never trained on. Any block size can be chosen at training time.
 """
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -48,9 +50,11 @@ _TOK = None
 
 def _init_worker(tokenizer_json: str) -> None:
     global _TOK
+    # the processes are the parallelism: a rayon pool per worker on top would oversubscribe the cores
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    _TOK = Tokenizer.from_str(tokenizer_json)  # workers run one thread each; the processes are the parallelism
+    _TOK = Tokenizer.from_str(tokenizer_json)
 
 
 def _encode_docs(texts: list[str], eos: int, dtype) -> np.ndarray:
@@ -63,12 +67,12 @@ def _encode_docs(texts: list[str], eos: int, dtype) -> np.ndarray:
 
 def tokenize_shard(task) -> dict:
     """Input shard -> {split}-{k}.bin (+ .json marker). Returns the marker; a finished shard is skipped."""
-    src, dst, text_field, batch_docs, eos, dtype = task
+    src, dst, text_field, batch_docs, eos, dtype, tok_sha = task
     marker = dst.with_suffix(".json")
     if marker.exists() and dst.exists():
         stats = json.loads(marker.read_text())
-        if dst.stat().st_size == stats["tokens"] * np.dtype(dtype).itemsize:
-            return stats
+        if stats.get("tokenizer_sha") == tok_sha and dst.stat().st_size == stats["tokens"] * np.dtype(dtype).itemsize:
+            return stats  # done with this very tokenizer: skip
     docs = tokens = 0
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "wb") as out:
@@ -85,7 +89,8 @@ def tokenize_shard(task) -> dict:
             arr.tofile(out)
             docs, tokens = docs + len(batch), tokens + len(arr)
     os.replace(tmp, dst)  # a killed worker leaves only *.tmp, which is never read
-    stats = {"source": str(src), "file": dst.name, "docs": docs, "tokens": tokens, "bytes": src.stat().st_size}
+    stats = {"source": str(src), "file": dst.name, "docs": docs, "tokens": tokens, "bytes": src.stat().st_size,
+             "tokenizer_sha": tok_sha}
     marker.with_suffix(".json.tmp").write_text(json.dumps(stats, ensure_ascii=False))
     os.replace(marker.with_suffix(".json.tmp"), marker)
     return stats
@@ -107,6 +112,8 @@ def build_token_files(input, output_dir, tokenizer, text_field="text", block_siz
     if tokenizer.eos_token_id is None:
         raise SystemExit("--tokenizer_name_or_path: the tokenizer has no eos_token. Fix: use one with an EOS token.")
     dtype = token_dtype(len(tokenizer))
+    tok_json = tokenizer.backend_tokenizer.to_str()
+    tok_sha = hashlib.sha256(tok_json.encode()).hexdigest()[:16]
     counters = {"train": 0, "valid": 0}
     tasks = []
     # a clean_data.py output dir: only its final shards (not stage/ or rejects.jsonl); else every shard under input
@@ -114,13 +121,13 @@ def build_token_files(input, output_dir, tokenizer, text_field="text", block_siz
     for src in final if Path(input).is_dir() and final else list_shards(input):
         split = split_of(src)
         tasks.append((src, out / f"{split}-{counters[split]:05d}.bin", text_field, batch_docs,
-                      tokenizer.eos_token_id, dtype))
+                      tokenizer.eos_token_id, dtype, tok_sha))
         counters[split] += 1
     if not tasks:
         raise SystemExit(f"--input: no shards under {input}. Fix: run clean_data.py first or point at your shards.")
     results = [None] * len(tasks)
     total = sum(t[0].stat().st_size for t in tasks)
-    with get_context("fork").Pool(max(1, num_workers), _init_worker, (tokenizer.backend_tokenizer.to_str(),)) as pool, \
+    with get_context("fork").Pool(max(1, num_workers), _init_worker, (tok_json,)) as pool, \
             tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar:
         n_tokens = 0
         for k, stats in pool.imap_unordered(_indexed_tokenize, list(enumerate(tasks))):
@@ -146,6 +153,7 @@ def write_meta(out: Path, tokenizer, dtype, block_size: int, shard_stats: list[d
     meta = {
         "format": FORMAT,
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "tokenizer_sha": shard_stats[0]["tokenizer_sha"],
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
         "dtype": np.dtype(dtype).name,

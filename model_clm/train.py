@@ -100,8 +100,12 @@ def check_args(argv: list[str]) -> None:
         raise SystemExit("--deepspeed: DeepSpeed needs CUDA GPUs and none is visible. "
                          "Fix: drop --deepspeed on CPU (plain DDP: torchrun --nproc_per_node N train.py).")
     for flag in ("--fp16", "--bf16"):
-        i = argv.index(flag) if flag in argv else -1
-        on = i >= 0 and (i + 1 >= len(argv) or argv[i + 1].lower() not in ("false", "0", "no"))
+        on = False
+        for i, a in enumerate(argv):
+            if a == flag:
+                on = i + 1 >= len(argv) or argv[i + 1].startswith("--") or argv[i + 1].lower() in ("true", "1", "yes")
+            elif a.startswith(flag + "="):
+                on = a.split("=", 1)[1].lower() in ("true", "1", "yes")
         if on and not has_gpu:
             raise SystemExit(f"{flag}: half precision needs a GPU; this machine has none. Fix: drop {flag} (CPU trains in fp32).")
 

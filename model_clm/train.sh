@@ -10,7 +10,9 @@ WORK=${WORK:-data/cache/people_daily}            # clean/, tokenizer/, tokens/ g
 VOCAB_SIZE=${VOCAB_SIZE:-8192}
 TOKENIZER=${TOKENIZER:-$WORK/tokenizer}          # or a Hub id / dir to continue a pretrained model
 MODEL=${MODEL:-}                                 # e.g. Qwen/Qwen2-0.5B; empty = small llama from scratch
-BLOCK_SIZE=${BLOCK_SIZE:-256}
+BLOCK_SIZE=${BLOCK_SIZE:-128}
+LR=${LR:-5e-3}                                   # small model from scratch; ~2e-5 to continue a real checkpoint
+BATCH=${BATCH:-16}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/clm}
 MAX_STEPS=${MAX_STEPS:-200}                      # -1 = whole epochs (--num_train_epochs, default 1)
 NPROC=${NPROC:-1}                                # >1: torchrun DDP (gloo on CPU, nccl on GPUs)
@@ -23,8 +25,8 @@ python dataset.py --input "$WORK/clean" --output_dir "$WORK/tokens" --tokenizer_
   --block_size "$BLOCK_SIZE"
 
 ARGS=(--data_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" --output_dir "$OUTPUT_DIR"
-      --max_steps "$MAX_STEPS" --per_device_train_batch_size 8 --eval_steps 50 --save_steps 100
-      --max_eval_blocks 64 "$@")
+      --max_steps "$MAX_STEPS" --per_device_train_batch_size "$BATCH" --learning_rate "$LR"
+      --eval_steps 50 --save_steps 100 --max_eval_blocks 128 "$@")
 if [ -n "$MODEL" ]; then ARGS+=(--model_name_or_path "$MODEL"); fi
 if [ "$NPROC" -gt 1 ]; then
   torchrun --nproc_per_node "$NPROC" train.py "${ARGS[@]}"

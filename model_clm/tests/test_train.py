@@ -115,6 +115,7 @@ def test_continue_from_real_checkpoint(pipeline, tmp_path):
     (["--deepspeed", str(FOLDER / "ds_zero2.json")], "--deepspeed"),
     (["--bf16"], "--bf16"),
     (["--fp16", "true"], "--fp16"),
+    (["--bf16=True"], "--bf16"),
     (["--model_type", "no-such-model"], "--model_type"),
     (["--block_size", "4096"], "--block_size"),
     (["--resume_from_checkpoint", "last"], "--resume_from_checkpoint"),
