@@ -25,10 +25,10 @@ class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Hub id or local dir of a BERT-family checkpoint. Omit for the offline small BERT."})
     # offline default only (ignored with --model_name_or_path)
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    intermediate_size: int = 1024
+    intermediate_size: int = 512
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = field(default=0.02, metadata={"help": "Std of the initial weights."})

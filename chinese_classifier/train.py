@@ -40,7 +40,7 @@ class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/train.jsonl."})
     validation_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/valid.jsonl."})
     test_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/test.jsonl."})
-    max_length: int = field(default=256, metadata={"help": "Tokens per text (one Han char = one token)."})
+    max_length: int = field(default=160, metadata={"help": "Tokens per text (one Han char = one token)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Random subset of train (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Random subset of valid and test."})
     early_stopping_patience: int = 2
@@ -52,8 +52,8 @@ class DataArguments:
 class ClassifierTrainingArguments(TrainingArguments):
     # Defaults tuned for the offline small BERT on 2 CPU cores (see README for the measurements).
     output_dir: str = field(default=str(FOLDER / "outputs/classifier"))
-    num_train_epochs: float = 4
-    per_device_train_batch_size: int = 64
+    num_train_epochs: float = 3
+    per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
