@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import (AutoTokenizer, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments,
                           default_data_collator, set_seed)
+from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset import EpochShuffleSampler, PackedDataset, load_meta, unigram_perplexity
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
                          data_collator=default_data_collator, processing_class=tokenizer,
                          callbacks=[DataPositionCallback(sampler, fingerprint)])
     trainer.train_sampler = sampler
+    for cb in trainer.callback_handler.callbacks:
+        # the initial evaluate() logs before on_train_begin would place the writer: keep it under output_dir/runs
+        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
+            cb.logging_dir = os.path.join(args.output_dir, default_logdir())
     metrics = {}
     if not resume:
         metrics["init_eval_loss"] = trainer.evaluate(metric_key_prefix="init")["init_loss"]

@@ -45,7 +45,9 @@ def test_heldout_perplexity_drops(trained):
     assert saved["perplexity"] == pytest.approx(math.exp(saved["eval_loss"]))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "curves.png", "checkpoint-150/data_position.json"):
         assert (out / name).exists(), name
-    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    events = list((out / "runs").rglob("events.out.tfevents.*"))
+    assert events and len({e.parent for e in events}) == 1  # one run dir under output_dir, initial eval included
+    assert not (FOLDER / "runs").exists()
 
 
 def test_notebook_runs_on_trained_model(trained, notebook):
