@@ -98,10 +98,13 @@ def iter_records(path: Path, text_field: str = "text"):
         import pyarrow.parquet as pq
 
         row = 0
-        for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=4096):
-            for text in batch.column(0).to_pylist():
-                row += 1
-                yield (row, text, None) if isinstance(text, str) else (row, None, "missing_field")
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=4096):
+                for text in batch.column(0).to_pylist():
+                    row += 1
+                    yield (row, text, None) if isinstance(text, str) else (row, None, "missing_field")
+        except Exception:  # not parquet, truncated, or no such column: report the shard, keep going
+            yield row + 1, None, "bad_file"
         return
     is_json = name.endswith((".jsonl", ".json"))
     opener = gzip.open if path.name.endswith(".gz") else open

@@ -133,3 +133,24 @@ def test_tokenization_resumes_after_kill(pipeline, tmp_path):
     assert not list(killed.glob("*.tmp"))
     resumed, fresh = (json.loads((d / "meta.json").read_text()) for d in (killed, tmp_path / "fresh"))
     assert resumed["splits"] == fresh["splits"]
+
+
+def test_parquet_shards_read_with_row_numbers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [d for d in people_daily_docs(80) if len(d) >= 20][:3]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pq.write_table(pa.table({"content": [docs[0], None, docs[1], docs[2]]}), raw / "a.parquet")
+    pq.write_table(pa.table({"title": ["没有 content 列"]}), raw / "b.parquet")  # wrong column
+    (raw / "c.parquet").write_bytes(b"PAR1 not really parquet")
+    out = tmp_path / "clean"
+    summary = clean_data.main(["--input", str(raw), "--output_dir", str(out), "--text_field", "content",
+                               "--num_workers", "1", "--valid_ratio", "0"])
+    where = {(Path(r["file"]).name, r["line"], r["reason"]) for r in read_jsonl(out / "rejects.jsonl")}
+    assert ("a.parquet", 2, "missing_field") in where
+    assert ("b.parquet", 1, "bad_file") in where and ("c.parquet", 1, "bad_file") in where
+    kept = [d["text"] for p in sorted(out.glob("train-*.jsonl")) for d in read_jsonl(p)]
+    assert kept == [clean_data.normalize(d) for d in docs]
+    assert summary["kept"] == 3 and summary["kept"] + summary["rejected"] == summary["read"]
