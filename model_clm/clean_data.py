@@ -256,7 +256,7 @@ def _indexed(fn_task):
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(args=argv)
-    if Path(args.input) == DEFAULT_RAW:
+    if Path(args.input).resolve() == DEFAULT_RAW.resolve():  # train.sh passes it relative
         prepare_people_daily()
     if not Path(args.input).exists():
         raise SystemExit(f"--input: {args.input} does not exist. Fix: pass a shard file or a directory of shards.")
