@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import DataCollatorWithPadding
 
 
@@ -41,6 +41,13 @@ def build_dataset(files: dict[str, str], tokenizer, label_map: dict, max_length:
 
     # The Arrow cache is keyed on the function + tokenizer fingerprint: a second run skips tokenisation.
     return raw.map(encode, batched=True, remove_columns=["label"], desc="tokenise")
+
+
+def build_text_dataset(texts: list[str], labels: list, tokenizer, max_length: int, features=None):
+    """In-memory texts + labels (e.g. teacher probabilities) -> a tokenised Dataset with the train split's columns."""
+    ds = Dataset.from_dict({"text": texts, "labels": labels})
+    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, desc="tokenise")
+    return ds.select_columns(list(features)).cast(features) if features is not None else ds
 
 
 def length_stats(ds, tokenizer, max_length: int) -> dict:

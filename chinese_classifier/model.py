@@ -1,8 +1,9 @@
 """Model + tokenizer: a real BERT-family checkpoint, or the offline default built from config.
 
 Real:    --model_name_or_path hfl/chinese-roberta-wwm-ext  (or bert-base-chinese, or a local dir)
-Offline: a small BERT from scratch with a one-token-per-Han-character vocabulary built from the
-         training split (the bert-base-chinese convention); saved with the model, so
+Offline: a small BERT-family encoder from scratch (default RoFormer = BERT with rotary position embeddings;
+         --model_type bert for learned absolute positions) with a one-token-per-Han-character vocabulary built
+         from the training split (the bert-base-chinese convention); saved with the model, so
          AutoTokenizer/AutoModelForSequenceClassification.from_pretrained(output_dir) reload both.
 """
 import unicodedata
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertTokenizer)
+from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          BertConfig, BertTokenizer, RoFormerConfig)
 
 from clean_data import normalize
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+OFFLINE_CONFIGS = {"bert": BertConfig, "roformer": RoFormerConfig}
 
 
 @dataclass
@@ -25,6 +27,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Hub id or local dir of a BERT-family checkpoint. Omit for the offline small BERT."})
     # offline default only (ignored with --model_name_or_path)
+    model_type: str = field(default="roformer", metadata={
+        "help": "roformer (BERT with rotary position embeddings; +0.5 to +1 point here, see README) or bert "
+                "(learned absolute positions)."})
     hidden_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
@@ -62,21 +67,21 @@ def load_tokenizer(model_args: ModelArguments, train_texts, max_length: int):
                          f"({type(e).__name__}). Fix: pass a local dir with tokenizer files or a reachable Hub id")
 
 
-def build_model(model_args: ModelArguments, tokenizer, labels: list[str], multi_label: bool, max_length: int):
-    task = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={lab: i for i, lab in enumerate(labels)},
-                problem_type="multi_label_classification" if multi_label else "single_label_classification")
-    if model_args.model_name_or_path is None:
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
-                            num_hidden_layers=model_args.num_hidden_layers,
-                            num_attention_heads=model_args.num_attention_heads,
-                            intermediate_size=model_args.intermediate_size,
-                            hidden_dropout_prob=model_args.hidden_dropout_prob,
-                            attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
-                            initializer_range=model_args.initializer_range,
-                            max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
-                            **task)
-        return AutoModelForSequenceClassification.from_config(config)
+def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **task):
+    if model_args.model_type not in OFFLINE_CONFIGS:
+        raise SystemExit(f"--model_type: unknown {model_args.model_type!r}. Fix: one of {sorted(OFFLINE_CONFIGS)}")
+    config_class = OFFLINE_CONFIGS[model_args.model_type]
+    return config_class(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
+                        num_hidden_layers=model_args.num_hidden_layers,
+                        num_attention_heads=model_args.num_attention_heads,
+                        intermediate_size=model_args.intermediate_size,
+                        hidden_dropout_prob=model_args.hidden_dropout_prob,
+                        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+                        initializer_range=model_args.initializer_range,
+                        max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id, **task)
+
+
+def _checked_config(model_args: ModelArguments, tokenizer, max_length: int):
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as e:
@@ -88,8 +93,30 @@ def build_model(model_args: ModelArguments, tokenizer, labels: list[str], multi_
     if max_length > getattr(config, "max_position_embeddings", max_length):
         raise SystemExit(f"--max_length: {max_length} exceeds the model's {config.max_position_embeddings} "
                          f"positions. Fix: --max_length {config.max_position_embeddings}")
+    return config
+
+
+def build_mlm_model(model_args: ModelArguments, tokenizer, max_length: int):
+    """Masked-LM model for pretraining on the task's own texts: from config (offline) or the checkpoint."""
+    if model_args.model_name_or_path is None:
+        return AutoModelForMaskedLM.from_config(_offline_config(model_args, tokenizer, max_length))
+    _checked_config(model_args, tokenizer, max_length)
+    return AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
+
+
+def build_model(model_args: ModelArguments, tokenizer, labels: list[str], multi_label: bool, max_length: int,
+                init_from: str | Path | None = None):
+    """Classifier: from config (offline), from the checkpoint, or from `init_from` (an MLM-pretrained dir)."""
+    task = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={lab: i for i, lab in enumerate(labels)},
+                problem_type="multi_label_classification" if multi_label else "single_label_classification")
+    if init_from is None and model_args.model_name_or_path is None:
+        return AutoModelForSequenceClassification.from_config(_offline_config(model_args, tokenizer, max_length,
+                                                                              **task))
+    if init_from is None:
+        _checked_config(model_args, tokenizer, max_length)
     # ignore_mismatched_sizes: a checkpoint fine-tuned on other labels gets a fresh classifier head.
-    return AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path,
+    return AutoModelForSequenceClassification.from_pretrained(init_from or model_args.model_name_or_path,
                                                               ignore_mismatched_sizes=True, **task)
 
 

