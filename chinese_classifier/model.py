@@ -81,7 +81,7 @@ def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **ta
                         max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id, **task)
 
 
-def _checked_config(model_args: ModelArguments, tokenizer, max_length: int):
+def _check_config(model_args: ModelArguments, tokenizer, max_length: int):
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as e:
@@ -93,14 +93,13 @@ def _checked_config(model_args: ModelArguments, tokenizer, max_length: int):
     if max_length > getattr(config, "max_position_embeddings", max_length):
         raise SystemExit(f"--max_length: {max_length} exceeds the model's {config.max_position_embeddings} "
                          f"positions. Fix: --max_length {config.max_position_embeddings}")
-    return config
 
 
 def build_mlm_model(model_args: ModelArguments, tokenizer, max_length: int):
     """Masked-LM model for pretraining on the task's own texts: from config (offline) or the checkpoint."""
     if model_args.model_name_or_path is None:
         return AutoModelForMaskedLM.from_config(_offline_config(model_args, tokenizer, max_length))
-    _checked_config(model_args, tokenizer, max_length)
+    _check_config(model_args, tokenizer, max_length)
     return AutoModelForMaskedLM.from_pretrained(model_args.model_name_or_path)
 
 
@@ -114,7 +113,7 @@ def build_model(model_args: ModelArguments, tokenizer, labels: list[str], multi_
         return AutoModelForSequenceClassification.from_config(_offline_config(model_args, tokenizer, max_length,
                                                                               **task))
     if init_from is None:
-        _checked_config(model_args, tokenizer, max_length)
+        _check_config(model_args, tokenizer, max_length)
     # ignore_mismatched_sizes: a checkpoint fine-tuned on other labels gets a fresh classifier head.
     return AutoModelForSequenceClassification.from_pretrained(init_from or model_args.model_name_or_path,
                                                               ignore_mismatched_sizes=True, **task)

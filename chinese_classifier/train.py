@@ -166,18 +166,23 @@ class ShuffledLengthGroupedSampler(Sampler):
     transformers' LengthGroupedSampler walks each 50-batch megabatch from the longest texts to the shortest. Here
     length predicts the label (the 168-190-char cluster is 91% positive), so consecutive batches drift from one
     label to the other, and the from-scratch model collapsed to the majority class (measured, see README).
+    The order depends only on (seed, epoch): every DDP rank draws the same one and accelerate shards its batches.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int):
-        self.lengths, self.batch_size = lengths, batch_size
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int):  # called by Trainer at the start of each epoch
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.lengths)
 
     def __iter__(self):
-        idx = get_length_grouped_indices(self.lengths, self.batch_size)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = get_length_grouped_indices(self.lengths, self.batch_size, generator=g)
         batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        return iter([i for b in torch.randperm(len(batches)).tolist() for i in batches[b]])
+        return iter([i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]])
 
 
 class ClassifierTrainer(Trainer):
@@ -186,10 +191,11 @@ class ClassifierTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or self.args.world_size > 1:
+        if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in train_dataset["input_ids"]]
-        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
