@@ -39,6 +39,8 @@ class ModelArguments:
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     initializer_range: float = field(default=0.02, metadata={"help": "Std of the initial weights."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": 'Other config fields of the offline model, e.g. "conv_kernel_size=5" for convbert.'})
     vocab_min_freq: int = field(default=2, metadata={"help": "Characters seen fewer times in train become [UNK]."})
 
 
@@ -73,7 +75,7 @@ def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **ta
     if model_args.model_type not in OFFLINE_CONFIGS:
         raise SystemExit(f"--model_type: unknown {model_args.model_type!r}. Fix: one of {sorted(OFFLINE_CONFIGS)}")
     config_class = OFFLINE_CONFIGS[model_args.model_type]
-    return config_class(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
+    config = config_class(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
                         num_hidden_layers=model_args.num_hidden_layers,
                         num_attention_heads=model_args.num_attention_heads,
                         intermediate_size=model_args.intermediate_size,
@@ -83,6 +85,12 @@ def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **ta
                         max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
                         **({"embedding_size": model_args.hidden_size} if model_args.model_type == "convbert" else {}),
                         **task)
+    if model_args.config_overrides:
+        try:
+            config.update_from_string(model_args.config_overrides)
+        except ValueError as e:
+            raise SystemExit(f"--config_overrides: {e}. Fix: 'key=value,key=value' with keys of {config_class.__name__}")
+    return config
 
 
 def _check_config(model_args: ModelArguments, tokenizer, max_length: int):

