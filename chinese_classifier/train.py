@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
     for text, y, p in list(zip(test_texts, y_test.tolist(), probs))[:data_args.num_examples_to_print]:
         pred = [labels[i] for i in np.flatnonzero(p > 0.5)] if multi else labels[int(p.argmax())]
         true = [labels[i] for i in np.flatnonzero(y)] if multi else labels[y]
-        print(f"true={true} pred={pred} p={np.round(p, 3).tolist()} | {text[:60]}")
+        print(f"true={true} pred={pred} p={[round(float(x), 3) for x in p]} | {text[:60]}")
     print(f"\nsaved to {out}")
     return metrics
 
