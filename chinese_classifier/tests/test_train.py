@@ -102,6 +102,25 @@ def test_convbert_config_overrides_reach_the_saved_model(tmp_path):
     assert (again.config.model_type, again.config.conv_kernel_size, again.config.embedding_size) == ("convbert", 5, 128)
 
 
+@pytest.mark.parametrize("model_type", ["deberta-v2", "roformer", "bert", "convbert"])
+def test_offline_model_types_reload_with_identical_logits(model_type, tmp_path):
+    """Every --model_type saves to safetensors + config.json and comes back through the Auto classes unchanged."""
+    import torch
+
+    tokenizer = build_char_tokenizer(["房间很干净", "服务太差了", "价格一般"], min_freq=1)
+    model = build_model(ModelArguments(model_type=model_type), tokenizer, ["neg", "pos"], False, 64).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again, tok = load_trained(tmp_path)
+    enc = tok(["房间很干净", "价格一般，服务太差了"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**enc).logits, model(**enc).logits, atol=1e-6, rtol=0)
+    assert again.config.model_type == model_type and type(again) is type(model)
+    if model_type == "deberta-v2":  # relative attention, no absolute positions (the measured default)
+        assert again.config.relative_attention and again.config.pos_att_type == ["c2p"]
+        assert not again.config.position_biased_input
+
+
 def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
     """Distillation's loss with one-hot targets is exactly the model's own cross-entropy."""
     import torch
