@@ -30,8 +30,8 @@ class ModelArguments:
     # offline default only (ignored with --model_name_or_path)
     model_type: str = field(default="deberta-v2", metadata={
         "help": "deberta-v2 (BERT with DeBERTa's learned relative-position attention; the best here, see README), "
-                "roformer (rotary position embeddings; 0.5 point lower), bert (learned absolute positions; 1 point "
-                "lower) or convbert (BERT + span-based convolution heads; 30% slower on CPU)."})
+                "roformer (rotary position embeddings; 0.6 point lower over seeds), bert (learned absolute "
+                "positions; 1 point lower) or convbert (BERT + span-based convolution heads; 30% slower on CPU)."})
     hidden_size: int = 128
     num_hidden_layers: int = 2
     num_attention_heads: int = 4

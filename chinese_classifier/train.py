@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "test": data_args.max_eval_samples})
     stats = length_stats(ds["train"], tokenizer, data_args.max_length)
     log(f"train {len(ds['train'])} / valid {len(ds['valid'])} / test {len(ds['test'])}; vocab {len(tokenizer)}; "
-          f"train token lengths {stats}")
+        f"train token lengths {stats}")
     train_y = np.asarray(list(ds["train"]["labels"])).astype(int)
     plain_train_texts = list(ds["train"]["text"])  # before distillation adds clauses
     if data_args.distill_alpha is None:
@@ -317,7 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
         n_clauses = sum(map(len, clauses or []))
         if clauses and data_args.distill_max_clauses is not None:
             clauses = sample_clauses(clauses, data_args.distill_max_clauses, args.seed)
-        teacher, clause_probs = out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
+        # rank 0 fits the teacher, the other ranks receive its probabilities (the same for all: no need to refit)
+        fitted = [out_of_fold_teacher(plain_train_texts, train_y, len(labels), clauses=clauses)
+                  if args.process_index == 0 else None]
+        if args.world_size > 1:
+            torch.distributed.broadcast_object_list(fitted, src=0)
+        teacher, clause_probs = fitted[0]
         soft = (1 - data_args.distill_alpha) * np.eye(len(labels))[train_y] + data_args.distill_alpha * teacher
         log(f"distillation: out-of-fold teacher accuracy on train {(teacher.argmax(-1) == train_y).mean():.4f}")
         ds["train"] = ds["train"].remove_columns("labels").add_column("labels", soft.astype(np.float32).tolist())
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         init_from = mlm_pretrain(model_args, data_args, args, tokenizer, texts_only, Path(args.output_dir) / "mlm")
     model = build_model(model_args, tokenizer, labels, multi, data_args.max_length, init_from=init_from)
     log(f"model: {model.config.model_type}, {model.num_parameters() / 1e6:.2f}M parameters, "
-          f"{'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}")
+        f"{'from ' + model_args.model_name_or_path if model_args.model_name_or_path else 'from scratch'}")
 
     def compute_metrics(eval_pred):
         logits = torch.as_tensor(eval_pred.predictions).float()
