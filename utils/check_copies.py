@@ -13,6 +13,15 @@ When two folders need the same code, one holds the source and the others hold ma
 
 `:name` may be dotted (`Class.method`). The copy may sit at another indentation level.
 
+Files that cannot carry a comment (JSON) are listed in FULL_COPIES: copy -> source, byte for byte
+(like transformers' FULL_COPIES). Shell scripts share marked blocks:
+
+    # >>> launcher (copied: chinese_classifier/train.sh)
+    ...                                      # the lines between the two markers must equal the block
+    # <<< launcher                           # of the same name in the named file (its source)
+
+A block whose `copied:` path is its own file is the source.
+
     python utils/check_copies.py           # exit 1 and list every drifted copy
     python utils/check_copies.py --fix     # rewrite drifted copies from their sources
 """
@@ -29,6 +38,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^(?P<indent>\s*)# Copied from (?P<path>[^\s:]+)(?::(?P<name>[\w.]+))?(?:\s+with\s+(?P<repl>.+?))?\s*$")
+BLOCK_START = re.compile(r"^# >>> (?P<name>[\w-]+) \(copied: (?P<path>[^\s)]+)\)\s*$")
+# copy -> source; whole files compared byte for byte (JSON has no comments to hold a marker)
+FULL_COPIES = {f"model_clm/ds_{n}.json": f"chinese_bloom/ds_{n}.json"
+               for n in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
 SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "outputs", "node_modules", ".ipynb_checkpoints"}
 
 
@@ -48,8 +61,8 @@ class Problem:
     fixed_lines: list[str] | None = None  # the whole file as --fix would write it
 
 
-def iter_py_files(root: Path):
-    for p in sorted(root.rglob("*.py")):
+def iter_py_files(root: Path, pattern: str = "*.py"):
+    for p in sorted(root.rglob(pattern)):
         rel = p.relative_to(root).parts
         if any(part in SKIP_DIRS or (part.startswith(".") and part != ".") for part in rel[:-1]):
             continue
@@ -78,6 +91,60 @@ def find_copies(root: Path) -> list[Copy]:
             if m:
                 copies.append(Copy(f, t.start[0], m["path"], m["name"], parse_replacements(m["repl"])))
     return copies
+
+
+def read_block(path: Path, name: str) -> tuple[int, int] | None:
+    """0-based (first, end) line indexes of the lines strictly between `# >>> name ...` and `# <<< name`."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(f"# >>> {name} ")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].rstrip() == f"# <<< {name}"), None)
+    return None if end is None else (start + 1, end)
+
+
+def find_block_copies(root: Path) -> list[Copy]:
+    copies = []
+    for f in iter_py_files(root, "*.sh"):
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            m = BLOCK_START.match(line)
+            if m and (root / m["path"]).resolve() != f.resolve():
+                copies.append(Copy(f, i, m["path"], m["name"], []))
+    return copies
+
+
+def check_block(root: Path, c: Copy) -> Problem | None:
+    where = f"{c.file.relative_to(root)}:{c.line}"
+    src = root / c.source
+    if not src.is_file():
+        return Problem(c, f"{where}: source file {c.source} does not exist")
+    copy_span, src_span = read_block(c.file, c.name), read_block(src, c.name)
+    if copy_span is None:
+        return Problem(c, f"{where}: block {c.name!r} has no closing '# <<< {c.name}' line")
+    if src_span is None:
+        return Problem(c, f"{where}: {c.source} has no block {c.name!r}")
+    src_lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[slice(*src_span)]
+    lines = c.file.read_text(encoding="utf-8").splitlines(keepends=True)
+    if lines[slice(*copy_span)] != src_lines:
+        return Problem(c, f"{where}: block {c.name!r} has drifted from {c.source}",
+                       fixed_lines=lines[:copy_span[0]] + src_lines + lines[copy_span[1]:])
+    return None
+
+
+def check_full_copy(root: Path, c: Copy) -> Problem | None:
+    src, copy = root / c.source, c.file
+    where = str(copy.relative_to(root))
+    if not src.is_file() or not copy.is_file():
+        return Problem(c, f"{where}: FULL_COPIES names a missing file ({c.source} -> {where})")
+    if copy.read_bytes() != src.read_bytes():
+        return Problem(c, f"{where}: full copy differs from {c.source}",
+                       fixed_lines=src.read_text(encoding="utf-8").splitlines(keepends=True))
+    return None
+
+
+def all_copies(root: Path, full_copies: dict[str, str]) -> list[tuple[Copy, object]]:
+    pairs = [(c, check_copy) for c in find_copies(root)] + [(c, check_block) for c in find_block_copies(root)]
+    return pairs + [(Copy(root / dst, 0, src, None, []), check_full_copy) for dst, src in full_copies.items()]
 
 
 def _node_span(node: ast.AST) -> tuple[int, int]:
@@ -148,19 +215,22 @@ def check_copy(root: Path, c: Copy) -> Problem | None:
     return None
 
 
-def check(root: Path = ROOT, fix: bool = False) -> list[Problem]:
+def check(root: Path = ROOT, fix: bool = False, full_copies: dict[str, str] | None = None) -> list[Problem]:
     problems = []
+    if full_copies is None:  # the table describes this repository only
+        full_copies = FULL_COPIES if root.resolve() == ROOT else {}
+    pairs = all_copies(root, full_copies)
     # bottom-up inside each file, so fixing one copy never shifts the marker lines still to check
-    for c in sorted(find_copies(root), key=lambda c: (str(c.file), -c.line)):
+    for c, check_one in sorted(pairs, key=lambda pc: (str(pc[0].file), -pc[0].line)):
         try:
-            p = check_copy(root, c)
+            p = check_one(root, c)
         except (SyntaxError, ValueError) as e:
             p = Problem(c, f"{c.file.relative_to(root)}:{c.line}: {e}")
         if p is None:
             continue
         if fix and p.fixed_lines is not None:
             c.file.write_text("".join(p.fixed_lines), encoding="utf-8")
-            p = check_copy(root, c)
+            p = check_one(root, c)
         if p is not None:
             problems.append(p)
     return problems
@@ -172,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this repo)")
     args = ap.parse_args(argv)
     root = args.root.resolve()
-    n = len(find_copies(root))
+    n = len(all_copies(root, FULL_COPIES if root == ROOT else {}))
     problems = check(root, fix=args.fix)
     for p in problems:
         print(p.message)

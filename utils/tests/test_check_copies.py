@@ -105,3 +105,63 @@ def test_broken_markers_are_reported(repo):
 def test_this_repository_is_in_sync():
     problems = check_copies.check(check_copies.ROOT)
     assert problems == [], "\n".join(p.message for p in problems)
+
+
+def test_drifted_json_full_copy_is_caught_and_fixed(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    src = '{\n  "zero_optimization": {"stage": 2},\n  "optimizer": {"params": {"lr": "auto"}}\n}\n'
+    (tmp_path / "a" / "ds.json").write_text(src)
+    (tmp_path / "b" / "ds.json").write_text(src)
+    full = {"b/ds.json": "a/ds.json"}
+    assert check_copies.check(tmp_path, full_copies=full) == []
+    (tmp_path / "b" / "ds.json").write_text(src.replace('"stage": 2', '"stage": 3'))
+    (p,) = check_copies.check(tmp_path, full_copies=full)
+    assert p.message == "b/ds.json: full copy differs from a/ds.json"
+    assert check_copies.check(tmp_path, fix=True, full_copies=full) == []
+    assert (tmp_path / "b" / "ds.json").read_text() == src
+    (tmp_path / "b" / "ds.json").unlink()
+    (p,) = check_copies.check(tmp_path, full_copies=full)
+    assert "missing file" in p.message
+
+
+SH_SOURCE = """#!/usr/bin/env bash
+X=1
+# >>> launcher (copied: a/train.sh)
+LAUNCH=(python)
+if [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun); fi
+# <<< launcher
+echo a
+"""
+
+
+def test_shell_block_copy(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "train.sh").write_text(SH_SOURCE)  # names itself: the source, not a copy
+    copy = SH_SOURCE.replace("X=1", "Y=2\nZ=3").replace("echo a", "echo b")
+    (tmp_path / "b" / "train.sh").write_text(copy)
+    assert len(check_copies.find_block_copies(tmp_path)) == 1
+    assert check_copies.check(tmp_path, full_copies={}) == []
+    (tmp_path / "b" / "train.sh").write_text(copy.replace("LAUNCH=(torchrun)", "LAUNCH=(deepspeed)"))
+    (p,) = check_copies.check(tmp_path, full_copies={})
+    assert p.message == "b/train.sh:4: block 'launcher' has drifted from a/train.sh"
+    assert check_copies.check(tmp_path, fix=True, full_copies={}) == []
+    assert (tmp_path / "b" / "train.sh").read_text() == copy  # lines outside the block untouched
+    (tmp_path / "b" / "train.sh").write_text(copy.replace("# <<< launcher\n", ""))
+    (p,) = check_copies.check(tmp_path, full_copies={})
+    assert "no closing '# <<< launcher'" in p.message
+
+
+def test_deepspeed_configs_are_one_marked_source():
+    """Every ds_*.json in the repo is either a FULL_COPIES source or copy, and none overrides Trainer's
+    scheduler (a DeepSpeed scheduler silently replaces --lr_scheduler_type)."""
+    import json
+    root = check_copies.ROOT
+    covered = set(check_copies.FULL_COPIES) | set(check_copies.FULL_COPIES.values())
+    found = {str(p.relative_to(root)) for p in root.glob("*/ds_*.json")}
+    assert found <= covered, found - covered
+    for name in found:
+        cfg = json.loads((root / name).read_text())
+        assert "scheduler" not in cfg, name
+        assert cfg["optimizer"]["params"]["lr"] == "auto", name
