@@ -3,6 +3,7 @@
 The tiny model and tokenizer are built here (not by other tests). Reference ids come from model.generate
 on the same prompt, so counts and finish_reason are checked exactly.
 """
+import copy
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from dataset import build_prompt, get_template
 from serve import ServeArguments, create_app
 
 FOLDER = Path(__file__).resolve().parents[1]
-CAP = 1024  # long streams for the disconnect / queue tests
+CAP = 4096  # long streams for the disconnect / queue tests
 MSG = [{"role": "user", "content": "你好"}]
 TEXTS = ["Human: 你好，今天天气怎么样？\n\nAssistant: 很好。", "Human: 3千米等于多少米？\n\nAssistant: 3000米。",
          "the quick brown fox jumps over the lazy dog 0123456789"] * 20
@@ -298,16 +299,30 @@ def test_failed_generation_ends_stream_with_error_and_frees_model(client, tiny):
     assert time.perf_counter() - start < 3
 
 
-def test_disconnect_stops_generation_and_frees_model(client, server, app):
+@contextmanager
+def no_eos(model):
+    """Generations run to their max_tokens (an id beyond the vocabulary is never generated)."""
+    with mock.patch.object(model.generation_config, "eos_token_id", model.config.vocab_size + 7):
+        yield
+
+
+def test_disconnect_stops_generation_and_frees_model(client, server, app, tiny):
     worker = app.state.worker
+    _, model = tiny
+    with no_eos(model):
+        start = time.perf_counter()
+        client.chat.completions.create(model="tiny", messages=MSG, max_tokens=500)
+        per_token = (time.perf_counter() - start) / 500
     body = {"model": "tiny", "messages": MSG, "max_tokens": CAP, "stream": True}
-    with httpx.Client(timeout=10) as http, http.stream("POST", f"{server}/chat/completions", json=body) as r:
-        lines = r.iter_lines()
-        assert sum(1 for line in (next(lines) for _ in range(6)) if line.startswith("data:")) >= 3
-    start = time.perf_counter()
-    out = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)  # 1024 tokens take far longer
-    assert out.usage.completion_tokens == 2 and time.perf_counter() - start < 2
-    assert not worker.pending
+    with no_eos(model):
+        with httpx.Client(timeout=10) as http, http.stream("POST", f"{server}/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            assert sum(1 for line in (next(lines) for _ in range(6)) if line.startswith("data:")) >= 3
+        start = time.perf_counter()
+        out = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+        waited = time.perf_counter() - start
+    assert out.usage.completion_tokens == 2 and not worker.pending
+    assert waited < min(1.5, CAP * per_token / 4), (waited, CAP * per_token)  # the 4096-token stream was stopped
 
 
 def test_many_concurrent_requests_complete_or_get_503(client, server, tiny):
@@ -324,7 +339,7 @@ def test_many_concurrent_requests_complete_or_get_503(client, server, tiny):
         except openai.APIStatusError as e:
             return e
 
-    with ThreadPoolExecutor(42) as pool:
+    with ThreadPoolExecutor(42) as pool, no_eos(tiny[1]):
         s = pool.submit(stream)
         time.sleep(0.2)
         futures = [pool.submit(ask, i) for i in range(40)]
@@ -390,7 +405,10 @@ def test_model_dir_without_checkpoint_is_refused(tmp_path):
 
 def test_sigterm_stops_server_during_generation(tiny, tmp_path):
     tok, model = tiny
-    model.save_pretrained(tmp_path / "m")
+    endless = copy.deepcopy(model)  # EOS's (tied) embedding row 0: its logit 0 is never the largest
+    with torch.no_grad():
+        endless.get_input_embeddings().weight[tok.eos_token_id] = 0
+    endless.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
