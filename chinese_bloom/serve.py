@@ -341,15 +341,15 @@ class GenerationWorker:
                 return
             try:
                 if job.stop.is_set() or self.closed:
-                    job.emit("error", APIError(503, "the request was cancelled before it started"))
+                    event = ("error", APIError(503, "the request was cancelled before it started"))
                 else:
-                    job.emit("done", job.run(job))
+                    event = ("done", job.run(job))
             except Exception as e:  # a failed generation ends its request; the model is free at once
-                job.emit("error", APIError(500, f"generation failed: {type(e).__name__}: {e}"))
-            finally:
-                with self.lock:
-                    self.pending.discard(job)
-                    self.generated_jobs += 1
+                event = ("error", APIError(500, f"generation failed: {type(e).__name__}: {e}"))
+            with self.lock:  # free before answering: the next request finds the model idle
+                self.pending.discard(job)
+                self.generated_jobs += 1
+            job.emit(*event)
 
     def shutdown(self) -> None:
         """Stop the running and queued generations and refuse new ones (SIGTERM)."""
