@@ -444,3 +444,9 @@ def test_sigterm_stops_server_during_generation(tiny, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_omp_wait_policy_is_passive_before_torch_is_imported():
+    """The fix of the ~10x slower non-streaming path (README, benchmark.py --only serving)."""
+    source = (FOLDER / "serve.py").read_text()
+    assert source.index('os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")') < source.index("import torch")
