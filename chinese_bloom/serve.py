@@ -451,15 +451,18 @@ async def respond(request: Request, worker: GenerationWorker, run, p: Sampling, 
     job = worker.submit(run)  # 503 here when the queue is full
     if not p.stream:
         try:
+            checked = time.monotonic()
             while True:
                 try:
                     event = await asyncio.wait_for(job.events.get(), timeout=0.5)
                 except asyncio.TimeoutError:
+                    event = ("waiting",)
+                if time.monotonic() - checked >= 0.5:  # deltas arrive all the time: check on a clock
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         job.stop.set()
                         return JSONResponse(status_code=499, content=APIError(
                             499, "client closed the request").body())
-                    continue
                 if event[0] == "error":
                     raise event[1]
                 if event[0] == "done":

@@ -325,6 +325,16 @@ def test_disconnect_stops_generation_and_frees_model(client, server, app, tiny):
     assert waited < min(1.5, CAP * per_token / 4), (waited, CAP * per_token)  # the 4096-token stream was stopped
 
 
+def test_non_streaming_client_that_gives_up_frees_model(client, server, app, tiny):
+    with no_eos(tiny[1]):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{server}/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": CAP},
+                       timeout=0.5)
+        start = time.perf_counter()
+        out = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=2)
+        assert out.usage.completion_tokens == 2 and time.perf_counter() - start < 2 and not app.state.worker.pending
+
+
 def test_many_concurrent_requests_complete_or_get_503(client, server, tiny):
     results, stream_text = [], []
 
