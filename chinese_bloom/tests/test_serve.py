@@ -285,6 +285,16 @@ def test_tiny_temperature_is_greedy(client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == greedy
 
 
+def test_top_p_narrows_sampling_to_the_top_token(client):
+    greedy = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8).choices[0].message.content
+    outs = {client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=1.0, top_p=1e-6,
+                                           seed=s).choices[0].message.content for s in range(3)}
+    assert outs == {greedy}  # top_p keeps only the most likely token
+    wide = {client.chat.completions.create(model="tiny", messages=MSG, max_tokens=8, temperature=1.0,
+                                           seed=s).choices[0].message.content for s in range(3)}
+    assert wide != {greedy}
+
+
 def test_failed_generation_ends_stream_with_error_and_frees_model(client, tiny):
     _, model = tiny
     with mock.patch.object(model, "forward", side_effect=RuntimeError("boom")):
