@@ -7,8 +7,12 @@
    the peak RSS (VmHWM, reset through /proc/self/clear_refs just before the model is built) minus
    the RSS at that moment, so it counts weights, gradients, optimizer state and activations.
    On GPU: torch.cuda.max_memory_allocated.
+3. Serving: serve.py in a fresh subprocess (its own defaults, all cores), the same 64-token answer requested
+   non-streaming and streaming, side by side; also with OMP_WAIT_POLICY=ACTIVE (spinning OpenMP threads, the
+   cause of the old ~10x gap). --serve_script points the arm at another serve.py (e.g. an old one) to compare.
 
-    python benchmark.py            # prints a table and the two ratios; numbers go in README.md
+    python benchmark.py                 # prints a table and the ratios; numbers go in README.md
+    python benchmark.py --only serving  # the serving arm alone
 """
 import json
 import os
@@ -36,6 +40,12 @@ class BenchArguments:
     memory_hidden_size: int = field(default=768, metadata={"help": "model of the memory benchmark (~90M params)"})
     memory_n_layer: int = field(default=12)
     memory_arm: str | None = field(default=None, metadata={"help": "internal: run one memory arm and print JSON"})
+    only: str | None = field(default=None, metadata={"help": "run one arm: throughput, memory or serving"})
+    serve_tokens: int = field(default=64, metadata={"help": "tokens per answer in the serving arm"})
+    serve_repeats: int = field(default=5)
+    serve_envs: str = field(default="default,OMP_WAIT_POLICY=ACTIVE", metadata={
+        "help": "comma-separated environments of the serving arm: default (serve.py's own) or VAR=value"})
+    serve_script: str = field(default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"))
 
 
 def sample_lengths(n, max_length, seed=0):
@@ -148,12 +158,89 @@ def memory_arm(args) -> dict:
             "method": "cuda.max_memory_allocated" if cuda else "peak RSS delta (VmHWM after reset - VmRSS before model)"}
 
 
+def _serving_model_dir(args, path: str) -> None:
+    """A BLOOM of the throughput arm's size whose EOS is never generated (every answer is serve_tokens long)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["Human: 你好，今天天气怎么样？\n\nAssistant: 很好。"] * 10, trainer=trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(BloomConfig(
+        vocab_size=len(tok), hidden_size=args.hidden_size, n_layer=args.n_layer, n_head=8, initializer_range=0.5,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tok.eos_token_id] = 0  # tied: EOS's logit 0 is never the largest
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def serving(args) -> dict:
+    """Seconds per serve_tokens-token answer, non-streaming vs streaming, from a fresh serve.py process."""
+    import socket
+    import tempfile
+
+    import httpx
+    result = {"tokens": args.serve_tokens, "threads": os.cpu_count(), "script": args.serve_script}
+    with tempfile.TemporaryDirectory() as tmp:
+        _serving_model_dir(args, tmp)
+        for name in args.serve_envs.split(","):
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+            if name != "default":
+                key, _, value = name.partition("=")
+                env[key] = value
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc = subprocess.Popen([sys.executable, args.serve_script, "--model_dir", tmp, "--port", str(port),
+                                     "--model_name", "bench"], env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.abspath(args.serve_script)))
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            body = {"model": "bench", "messages": [{"role": "user", "content": "你好"}],
+                    "max_tokens": args.serve_tokens}
+            try:
+                for _ in range(600):
+                    try:
+                        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.2)
+                times = {"non_streaming": [], "streaming": []}
+                with httpx.Client(timeout=600) as http:
+                    for r in range(args.serve_repeats + 1):  # the first round warms up
+                        start = time.perf_counter()
+                        http.post(url, json=body).raise_for_status()
+                        t_full = time.perf_counter() - start
+                        start = time.perf_counter()
+                        with http.stream("POST", url, json={**body, "stream": True}) as resp:
+                            for _ in resp.iter_lines():
+                                pass
+                        t_stream = time.perf_counter() - start
+                        if r:
+                            times["non_streaming"].append(t_full)
+                            times["streaming"].append(t_stream)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            med = {k: round(sorted(v)[len(v) // 2], 3) for k, v in times.items()}
+            result[name] = {**med, "non_streaming_over_streaming": round(med["non_streaming"] / med["streaming"], 2)}
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     if args.memory_arm:
         print(json.dumps(memory_arm(args)))
         return {}
+    if args.only == "serving":
+        result = {"serving": serving(args)}
+        print(json.dumps(result, indent=2))
+        return result
     result = {"throughput": throughput(args), "memory": {}}
     for arm in ("full", "lora"):
         out = subprocess.run([sys.executable, __file__, "--memory_arm", arm,
@@ -171,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     for arm in ("full", "lora"):
         print(f"{arm:<6} peak {m[arm]['peak_bytes'] / 2**20:8.1f} MiB, trainable {m[arm]['trainable_params']:,}")
     print(f"LoRA / full peak memory: {m['lora_over_full']} (target <= 0.5); method: {m['full']['method']}")
+    result["serving"] = sv = serving(args)
+    for name in args.serve_envs.split(","):
+        print(f"serving {name:<24} non-streaming {sv[name]['non_streaming']}s  streaming {sv[name]['streaming']}s "
+              f"({sv['tokens']} tokens; ratio {sv[name]['non_streaming_over_streaming']})")
     print(json.dumps(result, indent=2))
     return result
 

@@ -1,5 +1,6 @@
 """Merge a LoRA adapter into its base model and write a full checkpoint (model.safetensors + tokenizer).
 
+    python chinese_bloom/merge.py   # chinese_bloom/outputs/bloom_lora -> chinese_bloom/outputs/bloom_merged
     python merge.py --adapter_dir outputs/bloom_lora --output_dir outputs/bloom_merged
 """
 import sys
@@ -10,11 +11,13 @@ from transformers import HfArgumentParser
 
 from model import load_for_inference
 
+HERE = Path(__file__).resolve().parent
+
 
 @dataclass
 class MergeArguments:
-    adapter_dir: str = field(default="outputs/bloom_lora", metadata={"help": "a LoRA output dir of train.py"})
-    output_dir: str = field(default="outputs/bloom_merged")
+    adapter_dir: str = field(default=str(HERE / "outputs/bloom_lora"), metadata={"help": "a LoRA output dir of train.py"})
+    output_dir: str = field(default=str(HERE / "outputs/bloom_merged"))
 
 
 def main(argv: list[str] | None = None) -> str:
