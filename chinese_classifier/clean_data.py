@@ -255,6 +255,11 @@ def read_records(path: str, args: CleanArguments, columns: dict):
             except RecursionError:
                 yield i, line, None, Reject("bad_json", "nested too deeply")
                 continue
+            try:
+                json.dumps(rec, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as e:  # "\ud800" is valid JSON but not valid Unicode; it cannot be written
+                yield i, line, None, Reject("bad_encoding", f"invalid Unicode (lone surrogate {e.object[e.start]!r})")
+                continue
             if not isinstance(rec, dict):
                 yield i, line, None, Reject("bad_json", f"the line is {_kind(rec)}, not a JSON object")
                 continue

@@ -292,3 +292,10 @@ def test_unicode_line_separators_do_not_split_records(tmp_path):
     rows = [{"text": "房间很干净\u2028服务也好", "label": "pos"}, {"text": "太差了\u0085再也不来了", "label": "neg"}]
     summary, by_line, _ = _run(tmp_path, "sep.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     assert (summary["read"], summary["kept"]) == (2, 2)
+
+
+def test_lone_surrogate_in_jsonl_is_a_reject_not_a_crash(tmp_path):
+    content = "\n".join(_jsonl([{"text": t, "label": lab} for t, lab in zip(GOOD, ["pos", "neg"] * 2)]))
+    content += '\n{"text": "\\ud800房间很干净", "label": "pos"}\n{"text": "房间很干净啊", "label": "\\udfff"}\n'
+    summary, by_line, _ = _run(tmp_path, "sur.jsonl", content)
+    assert (summary["read"], summary["kept"], by_line) == (6, 4, {5: "bad_encoding", 6: "bad_encoding"})
