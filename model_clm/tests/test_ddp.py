@@ -5,13 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-FOLDER = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[1]
 
 
 def test_torchrun_two_processes_gloo_loss_decreases(pipeline, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(FOLDER / "train.py"), "--data_dir", str(pipeline["tokens"]), "--tokenizer_name_or_path", str(pipeline["tok"]),
+           str(HERE / "train.py"), "--data_dir", str(pipeline["tokens"]), "--tokenizer_name_or_path", str(pipeline["tok"]),
            "--output_dir", str(out), "--ddp_backend", "gloo", "--report_to", "none", "--disable_tqdm", "true",
            "--config_overrides", "hidden_size=64,intermediate_size=128,num_hidden_layers=1,num_attention_heads=4,num_key_value_heads=4",
            "--per_device_train_batch_size", "8", "--max_steps", "40", "--learning_rate", "5e-3", "--logging_steps", "5",

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 import dataset
 import train
 
-FOLDER = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[1]
 TINY = "hidden_size=32,intermediate_size=64,num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2"
 
 
@@ -47,12 +47,12 @@ def test_heldout_perplexity_drops(trained):
         assert (out / name).exists(), name
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert events and len({e.parent for e in events}) == 1  # one run dir under output_dir, initial eval included
-    assert not (FOLDER / "runs").exists()
+    assert not (HERE / "runs").exists()
 
 
 def test_notebook_runs_on_trained_model(trained, notebook):
     out, metrics = trained
-    nb = notebook(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": out})
+    nb = notebook(HERE / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": out})
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     ppl = float(re.search(r"held-out perplexity ([0-9.]+)", text).group(1))
     assert ppl == pytest.approx(metrics["perplexity"], rel=1e-3)  # the notebook recomputes train.py's number
@@ -105,7 +105,7 @@ def test_continue_from_real_checkpoint(pipeline, tmp_path):
                                 "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_steps", "100"))
     # the initial held-out loss is the saved checkpoint's own loss: the weights really came from disk
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
-    valid = dataset.PackedDataset(pipeline["tokens"], "valid", max_blocks=32)
+    valid = dataset.PackedDataset(pipeline["tokens"], "validation", max_blocks=32)
     with torch.no_grad():
         ids = torch.stack([valid[i]["input_ids"] for i in range(len(valid))])
         ref = model(input_ids=ids, labels=ids).loss.item()
@@ -114,7 +114,7 @@ def test_continue_from_real_checkpoint(pipeline, tmp_path):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--deepspeed", str(FOLDER / "ds_zero2.json")], "--deepspeed"),
+    (["--deepspeed", str(HERE / "ds_zero2.json")], "--deepspeed"),
     (["--bf16"], "--bf16"),
     (["--fp16", "true"], "--fp16"),
     (["--bf16=True"], "--bf16"),
@@ -146,7 +146,7 @@ def test_missing_data_and_mismatched_tokenizer(pipeline, tmp_path):
     ("ds_zero3.json", 3, False), ("ds_zero3_offload.json", 3, True),
 ])
 def test_deepspeed_configs(name, stage, offload):
-    cfg = json.loads((FOLDER / name).read_text())
+    cfg = json.loads((HERE / name).read_text())
     z = cfg["zero_optimization"]
     assert z["stage"] == stage
     # "auto" lets the Trainer fill batch sizes / precision / optimizer hyper-parameters from its own arguments
