@@ -205,7 +205,7 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, args: CLMTr
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = HfArgumentParser(
         (ModelArguments, DataArguments, CLMTrainingArguments)).parse_args_into_dataclasses(args=argv)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # train.sh sets it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
 
     # ---- tokenizer, model
