@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
+SEED = os.environ.get("ZERO_NLP_TEST_SEED", "42")  # as in tests/conftest.py
 
 
 def test_torchrun_two_processes_gloo_loss_decreases(pipeline, tmp_path):
@@ -15,7 +16,7 @@ def test_torchrun_two_processes_gloo_loss_decreases(pipeline, tmp_path):
            "--output_dir", str(out), "--ddp_backend", "gloo", "--report_to", "none", "--disable_tqdm", "true",
            "--config_overrides", "hidden_size=64,intermediate_size=128,num_hidden_layers=1,num_attention_heads=4,num_key_value_heads=4",
            "--per_device_train_batch_size", "8", "--max_steps", "40", "--learning_rate", "5e-3", "--logging_steps", "5",
-           "--eval_strategy", "no", "--save_steps", "40", "--max_eval_blocks", "32"]
+           "--eval_strategy", "no", "--save_steps", "40", "--max_eval_blocks", "32", "--seed", SEED]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
