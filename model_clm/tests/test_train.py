@@ -17,7 +17,9 @@ import train
 SEED = int(os.environ.get("ZERO_NLP_TEST_SEED", "42"))  # as in tests/conftest.py (not importable: root conftest)
 
 HERE = Path(__file__).resolve().parents[1]
-RATIO_MAX = 0.8  # see test_heldout_perplexity_drops
+# perplexity / unigram perplexity of the `trained` fixture. Untrained: 1.89-1.91. Measured (AMD EPYC, 2 cores):
+# 0.638 (seed 42, 1 and 2 threads), 0.749 / 0.7xx (seed 7, 1 / 2 threads). Halfway to untrained: 1.32.
+RATIO_MAX = 0.9
 TINY = "hidden_size=32,intermediate_size=64,num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2"
 
 
@@ -45,7 +47,7 @@ def test_heldout_perplexity_drops(trained):
     assert metrics["perplexity"] < 0.5 * metrics["init_perplexity"], metrics
     # and it uses context: better than token frequencies alone on the same held-out tokens
     assert metrics["perplexity"] < metrics["unigram_perplexity"], metrics
-    # issue 13 item 7 on a shorter run: the ratio to the unigram model (measured 0.XX; untrained ~ 1.0+)
+    # issue 13 item 7 on a shorter run: the ratio to the unigram model, with margin (see RATIO_MAX)
     assert metrics["perplexity_ratio_to_unigram"] < RATIO_MAX, metrics
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["perplexity"] == pytest.approx(math.exp(saved["eval_loss"]))
