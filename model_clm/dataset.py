@@ -33,15 +33,52 @@ FORMAT = "zero_nlp.packed_tokens/v1"
 
 
 @dataclass
-class DataArguments:
+class TokenizeArguments:
+    """dataset.py's CLI: clean shards -> packed token files."""
     input: str = field(default=str(HERE / "data/cache/people_daily/clean"),
-                       metadata={"help": "clean_data.py output (train-*/valid-* shards), or any shard directory"})
+                       metadata={"help": "clean_data.py output (train-*/validation-* shards), or any shard directory"})
     output_dir: str = field(default=str(HERE / "data/cache/people_daily/tokens"))
     tokenizer_name_or_path: str = field(default=str(HERE / "data/cache/people_daily/tokenizer"))
     text_field: str = "text"
-    block_size: int = field(default=256, metadata={"help": "default block size recorded in meta.json"})
+    block_size: int = field(default=128, metadata={"help": "default block size recorded in meta.json"})
     num_workers: int = field(default=os.cpu_count() or 1)
     batch_docs: int = field(default=1000, metadata={"help": "documents per encode_batch call"})
+
+    def __post_init__(self):
+        for name in ("block_size", "num_workers", "batch_docs"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0. Fix: e.g. --{name} "
+                                 f"{TokenizeArguments.__dataclass_fields__[name].default}")
+        if not Path(self.input).exists():
+            raise SystemExit(f"--input: {self.input} does not exist. Fix: run clean_data.py first.")
+
+
+@dataclass
+class DataArguments:
+    """train.py's data: the packed token files written by dataset.py."""
+    data_dir: str = field(default=str(HERE / "data/cache/people_daily/tokens"),
+                          metadata={"help": "dataset.py output (meta.json + *.bin)"})
+    block_size: int | None = field(default=None, metadata={"help": "tokens per training block; default: meta.json's"})
+    max_train_blocks: int | None = field(default=None, metadata={"help": "use only the first N train blocks"})
+    max_eval_blocks: int | None = field(default=128, metadata={"help": "use only the first N validation blocks"})
+
+    def __post_init__(self):
+        for name in ("block_size", "max_train_blocks", "max_eval_blocks"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SystemExit(f"--{name}: {value} must be > 0 (omit it for the default). Fix: e.g. --{name} 128")
+        meta = load_meta(self.data_dir)
+        if self.block_size is None:
+            self.block_size = meta["block_size"]  # late default: the block size the data was packed with
+
+    def datasets(self) -> tuple["PackedDataset", "PackedDataset"]:
+        train = PackedDataset(self.data_dir, "train", self.block_size, self.max_train_blocks)
+        validation = PackedDataset(self.data_dir, "validation", self.block_size, self.max_eval_blocks)
+        if len(train) == 0 or len(validation) == 0:
+            raise SystemExit(f"--data_dir: {len(train)} train / {len(validation)} validation blocks of "
+                             f"{self.block_size} tokens. Fix: more data, a larger --validation_ratio in "
+                             "clean_data.py, or a smaller --block_size.")
+        return train, validation
 
 
 # ---------------------------------------------------------------- tokenise + pack, one process per shard
@@ -77,7 +114,7 @@ def tokenize_shard(task) -> dict:
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "wb") as out:
         batch = []
-        for _, text, err in iter_records(src, text_field):
+        for _, text, err, _ in iter_records(src, text_field):
             if err is None:
                 batch.append(text)
             if len(batch) == batch_docs:
@@ -97,7 +134,7 @@ def tokenize_shard(task) -> dict:
 
 
 def split_of(path: Path) -> str:
-    return "valid" if path.name.startswith("valid-") else "train"
+    return "validation" if path.name.startswith("validation-") else "train"
 
 
 def token_dtype(vocab_size: int):
@@ -114,10 +151,10 @@ def build_token_files(input, output_dir, tokenizer, text_field="text", block_siz
     dtype = token_dtype(len(tokenizer))
     tok_json = tokenizer.backend_tokenizer.to_str()
     tok_sha = hashlib.sha256(tok_json.encode()).hexdigest()[:16]
-    counters = {"train": 0, "valid": 0}
+    counters = {"train": 0, "validation": 0}
     tasks = []
     # a clean_data.py output dir: only its final shards (not stage/ or rejects.jsonl); else every shard under input
-    final = sorted(Path(input).glob("train-*.jsonl")) + sorted(Path(input).glob("valid-*.jsonl"))
+    final = sorted(Path(input).glob("train-*.jsonl")) + sorted(Path(input).glob("validation-*.jsonl"))
     for src in final if Path(input).is_dir() and final else list_shards(input):
         split = split_of(src)
         tasks.append((src, out / f"{split}-{counters[split]:05d}.bin", text_field, batch_docs,
@@ -145,7 +182,7 @@ def _indexed_tokenize(k_task):
 
 def write_meta(out: Path, tokenizer, dtype, block_size: int, shard_stats: list[dict]) -> dict:
     splits = {}
-    for split in ("train", "valid"):
+    for split in ("train", "validation"):
         shards = [{k: s[k] for k in ("file", "docs", "tokens")} for s in shard_stats if s["file"].startswith(split)]
         tokens = sum(s["tokens"] for s in shards)
         splits[split] = {"docs": sum(s["docs"] for s in shards), "tokens": tokens,
@@ -216,7 +253,7 @@ class PackedDataset(torch.utils.data.Dataset):
 
 def unigram_perplexity(train: PackedDataset, valid: PackedDataset, vocab_size: int, max_tokens: int = 50_000_000) -> float:
     """Perplexity of a context-free model (add-0.5 token frequencies of the first max_tokens train tokens) on
-    the valid blocks: the bar a language model has to clear to show it learned anything beyond frequencies."""
+    the validation blocks: the bar a language model has to clear to show it learned anything beyond frequencies."""
     counts = np.zeros(vocab_size, np.int64)
     total = min(int(train.starts[-1]), max_tokens)
     for start in range(0, total, 1 << 22):
@@ -248,9 +285,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(args=argv)
-    if not Path(args.input).exists():
-        raise SystemExit(f"--input: {args.input} does not exist. Fix: run clean_data.py first.")
+    (args,) = HfArgumentParser(TokenizeArguments).parse_args_into_dataclasses(args=argv)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
     except (OSError, ValueError) as e:

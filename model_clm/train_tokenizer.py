@@ -21,7 +21,7 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
 @dataclass
-class DataArguments:
+class TokenizerArguments:
     input: str = field(default=str(HERE / "data/cache/people_daily/clean"), metadata={"help": "clean_data.py output"})
     output_dir: str = field(default=str(HERE / "data/cache/people_daily/tokenizer"))
     vocab_size: int = 8192
@@ -29,20 +29,22 @@ class DataArguments:
     max_docs: int | None = field(default=None, metadata={"help": "train on the first N documents only"})
     text_field: str = "text"
 
+    def __post_init__(self):
+        if self.vocab_size < 300:
+            raise SystemExit(f"--vocab_size: {self.vocab_size} is below 256 bytes + specials. Fix: e.g. --vocab_size 8192")
+        if not any(Path(self.input).glob("train-*.jsonl")):
+            raise SystemExit(f"--input: no train-*.jsonl under {self.input}. Fix: run clean_data.py first.")
+
 
 def iter_texts(input_dir, text_field="text"):
     for path in sorted(Path(input_dir).glob("train-*.jsonl")):
-        for _, text, err in iter_records(path, text_field):
+        for _, text, err, _ in iter_records(path, text_field):
             if err is None:
                 yield text
 
 
 def main(argv: list[str] | None = None) -> PreTrainedTokenizerFast:
-    (args,) = HfArgumentParser(DataArguments).parse_args_into_dataclasses(args=argv)
-    if not any(Path(args.input).glob("train-*.jsonl")):
-        raise SystemExit(f"--input: no train-*.jsonl under {args.input}. Fix: run clean_data.py first.")
-    if args.vocab_size < 300:
-        raise SystemExit(f"--vocab_size: {args.vocab_size} is below 256 bytes + specials. Fix: e.g. --vocab_size 8192")
+    (args,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses(args=argv)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-FOLDER = Path(__file__).resolve().parents[1]
-if str(FOLDER) not in sys.path:
-    sys.path.insert(0, str(FOLDER))
+HERE = Path(__file__).resolve().parents[1]
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+SEED = int(os.environ.get("ZERO_NLP_TEST_SEED", "42"))  # run the suite with another seed: ZERO_NLP_TEST_SEED=7
 
 
 # Copied from chinese_classifier/tests/conftest.py:run_notebook
@@ -35,9 +36,16 @@ def run_notebook(path, env=None, timeout=600):
     return nb
 
 
-@pytest.fixture
-def notebook():
+# Copied from chinese_classifier/tests/conftest.py:notebook_runner
+@pytest.fixture(scope="session")
+def notebook_runner():
+    """`run_notebook` as a fixture: `from conftest import ...` would find the repo root's conftest.py."""
     return run_notebook
+
+
+@pytest.fixture(scope="session")
+def seed():
+    return SEED
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +58,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("clm_pipeline")
     raw = clean_data.write_shards(root / "raw", clean_data.people_daily_docs(3000), 4)
     summary = clean_data.main(["--input", str(raw), "--output_dir", str(root / "clean"), "--num_workers", "2",
-                               "--valid_ratio", "0.1"])
+                               "--validation_ratio", "0.1"])
     train_tokenizer.main(["--input", str(root / "clean"), "--output_dir", str(root / "tok"), "--vocab_size", "1024"])
     meta = dataset.main(["--input", str(root / "clean"), "--output_dir", str(root / "tokens"), "--tokenizer_name_or_path",
                          str(root / "tok"), "--block_size", "32", "--num_workers", "2", "--batch_docs", "64"])
