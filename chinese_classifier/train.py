@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = ClassifierTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
                                 processing_class=tokenizer, data_collator=make_collator(tokenizer),
                                 compute_metrics=compute_metrics,
-                                callbacks=[EarlyStoppingCallback(data_args.early_stopping_patience)])
+                                callbacks=[EarlyStoppingCallback(data_args.early_stopping_patience)]
+                                if args.eval_strategy != "no" else [])  # no validation: nothing to stop on
     start = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.time() - start

