@@ -334,10 +334,19 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.time() - start
     trainer.save_model(args.output_dir)  # the best checkpoint (by macro-F1), loaded at the end of training
-    if not trainer.is_world_process_zero():
-        return {}  # data parallel: rank 0 alone evaluates on test and writes the results
+    metrics = test_and_report(trainer, model_args, data_args, args, ds, tokenizer, labels, multi, files, stats,
+                              train_texts, train_y, train_seconds) if trainer.is_world_process_zero() else {}
+    # data parallel: rank 0 alone evaluates on test; the others wait for it, then every rank leaves the process
+    # group (a rank exiting while gloo threads still run aborts with "terminate called without an active exception")
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return metrics
 
-    # -- test + baseline, outputs, summary
+
+def test_and_report(trainer, model_args, data_args, args, ds, tokenizer, labels, multi, files, stats, train_texts,
+                    train_y, train_seconds) -> dict:
+    """Rank 0: curves, test metrics + baseline, predictions, run config, the printed summary and verdict."""
     out = Path(args.output_dir)
     plot_curves(trainer.state.log_history, out / "curves.png", metrics=("accuracy", "macro_f1"))
     metrics, test_texts, y_test, probs = evaluate_on_test(trainer, data_args, args, ds, tokenizer, labels, multi,
