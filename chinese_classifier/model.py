@@ -1,24 +1,22 @@
 """Model + tokenizer: a real BERT-family checkpoint, or the offline default built from config.
 
 Real:    --model_name_or_path hfl/chinese-roberta-wwm-ext  (or bert-base-chinese, or a local dir)
-Offline: a small BERT-family encoder from scratch (default DeBERTa-v2 = BERT with learned relative-position
+Offline: a small DeBERTa-v2 encoder from scratch (default DeBERTa-v2 = BERT with learned relative-position
          attention; --model_type roformer / bert / convbert) with a one-token-per-Han-character vocabulary built
          from the training split (the bert-base-chinese convention); saved with the model, so
          AutoTokenizer/AutoModelForSequenceClassification.from_pretrained(output_dir) reload both.
 """
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          BertConfig, BertTokenizer, ConvBertConfig, DebertaV2Config, RoFormerConfig)
+                          BertConfig, ConvBertConfig, DebertaV2Config, RoFormerConfig)
 
 from clean_data import normalize
+from train_tokenizer import train_tokenizer
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 OFFLINE_CONFIGS = {"bert": BertConfig, "convbert": ConvBertConfig, "deberta-v2": DebertaV2Config,
                    "roformer": RoFormerConfig}
 
@@ -26,7 +24,7 @@ OFFLINE_CONFIGS = {"bert": BertConfig, "convbert": ConvBertConfig, "deberta-v2":
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
-        "help": "Hub id or local dir of a BERT-family checkpoint. Omit for the offline small BERT."})
+        "help": "Hub id or local dir of a BERT-family checkpoint. Omit for the offline small DeBERTa-v2."})
     # offline default only (ignored with --model_name_or_path)
     model_type: str = field(default="deberta-v2", metadata={
         "help": "deberta-v2 (BERT with DeBERTa's learned relative-position attention; the best here, see README), "
@@ -45,27 +43,24 @@ class ModelArguments:
         "help": 'Other config fields of the offline model, e.g. "conv_kernel_size=5" for convbert.'})
     vocab_min_freq: int = field(default=2, metadata={"help": "Characters seen fewer times in train become [UNK]."})
 
-
-def _is_han(ch: str) -> bool:
-    return unicodedata.name(ch, "").startswith("CJK")
-
-
-def build_char_tokenizer(texts, min_freq: int = 2, max_length: int = 512) -> BertTokenizer:
-    """Vocabulary = every character seen >= min_freq times (lower-cased), one token per Han char.
-
-    Latin letters/digits also get a "##x" continuation piece, so WordPiece can spell any word char by
-    char instead of mapping the whole word to [UNK].
-    """
-    counts = Counter(ch for t in texts for ch in t.lower() if not ch.isspace())
-    chars = sorted(ch for ch, n in counts.items() if n >= min_freq)
-    vocab = SPECIAL_TOKENS + chars + ["##" + ch for ch in chars if not _is_han(ch) and ch.isalnum()]
-    return BertTokenizer(vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True,
-                         model_max_length=max_length)
+    def __post_init__(self):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_min_freq"):
+            if getattr(self, name) < 1:
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be >= 1. Fix: e.g. the default "
+                                 f"{type(self).__dataclass_fields__[name].default}")
+        if self.hidden_size % self.num_attention_heads:
+            raise SystemExit(f"--hidden_size: {self.hidden_size} is not a multiple of --num_attention_heads "
+                             f"{self.num_attention_heads}. Fix: e.g. --hidden_size 128 --num_attention_heads 4")
+        if self.model_type not in OFFLINE_CONFIGS:
+            raise SystemExit(f"--model_type: unknown {self.model_type!r}. Fix: one of {sorted(OFFLINE_CONFIGS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be in [0, 1). Fix: e.g. 0 or 0.1")
 
 
 def load_tokenizer(model_args: ModelArguments, train_texts, max_length: int):
     if model_args.model_name_or_path is None:
-        return build_char_tokenizer(train_texts, model_args.vocab_min_freq, max_length)
+        return train_tokenizer(train_texts, model_args.vocab_min_freq, max_length)
     try:
         return AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as e:
@@ -74,8 +69,6 @@ def load_tokenizer(model_args: ModelArguments, train_texts, max_length: int):
 
 
 def _offline_config(model_args: ModelArguments, tokenizer, max_length: int, **task):
-    if model_args.model_type not in OFFLINE_CONFIGS:
-        raise SystemExit(f"--model_type: unknown {model_args.model_type!r}. Fix: one of {sorted(OFFLINE_CONFIGS)}")
     config_class = OFFLINE_CONFIGS[model_args.model_type]
     extra = {
         # ConvBERT factorises its embeddings, 768 wide by default: keep them at hidden_size like the others

