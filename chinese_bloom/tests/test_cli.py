@@ -133,9 +133,9 @@ def test_learning_rate_default_depends_on_the_model(tmp_path, clean_dir):
 
 
 def test_train_sh_has_no_recipe_values():
-    sh = (FOLDER / "train.sh").read_text()
+    sh = "\n".join(line for line in (FOLDER / "train.sh").read_text().splitlines() if not line.lstrip().startswith("#"))
     assert "--learning_rate" not in sh and "--num_train_epochs" not in sh and "--max_length" not in sh
-    assert '"$@"' in sh and "# >>> launcher" in sh and "# <<< launcher" in sh
+    assert '"$@"' in sh and "# >>> launcher" in (FOLDER / "train.sh").read_text()
 
 
 def test_readme_has_no_machine_paths():
@@ -172,3 +172,22 @@ def test_serve_and_merge_bad_dirs(tmp_path):
         serve.main(["--model_dir", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="--adapter_dir: .* has no adapter_config.json"):
         merge.main(["--adapter_dir", str(tmp_path)])
+
+
+def test_all_dropped_fails_naming_max_length_before_training(tmp_path, clean_dir):
+    """issue 11.8: was `ValueError: num_samples ... 0` (or KeyError: 'eval_loss' after training)."""
+    with pytest.raises(SystemExit, match="--max_length: all .* train records were dropped"):
+        train.main(["--data_dir", str(clean_dir), "--output_dir", str(tmp_path), "--max_length", "8",
+                    "--max_train_samples", "32", "--eval_samples", "2", "--report_to", "none"])
+    assert not (tmp_path / "train_results.json").exists()
+
+
+def test_prints_validation_loss_perplexity_and_answers(tmp_path, clean_dir, capfd):
+    """issue 11.10: on open-ended data exact match is 0: the loss, perplexity and a few answers say more."""
+    m = train.main(["--data_dir", str(clean_dir), "--output_dir", str(tmp_path), "--max_train_samples", "64",
+                    "--num_train_epochs", "1", "--eval_samples", "4", "--save_strategy", "no", "--report_to", "none",
+                    "--disable_tqdm", "True"])
+    out = capfd.readouterr().out
+    assert "validation loss" in out and "perplexity" in out and "  Q: " in out and "  A: " in out
+    assert "dropped 0 of" in out and "pin_memory" not in out
+    assert m["eval_perplexity"] > 1 and m["test_perplexity"] > 1
