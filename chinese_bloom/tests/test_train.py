@@ -46,6 +46,8 @@ def lora_run(full_run, clean_dir, tmp_path_factory):
 
 def test_full_finetuning_learns(full_run):
     out, m = full_run
+    print(f"measured: full exact_match {m['exact_match_before']:.3f} -> {m['exact_match_after']:.3f}, "
+          f"eval_loss/first_loss {m['eval_loss'] / m['first_logged_loss']:.3f}")
     assert m["eval_loss"] < 0.35 * m["first_logged_loss"]  # answer-token loss falls from ~ln(vocab)
     assert m["exact_match_before"] == 0.0 and m["exact_match_after"] >= FULL_THRESHOLD
     for name in ("model.safetensors", "config.json", "tokenizer.json", "curves.png", "test_results.json",
@@ -77,6 +79,7 @@ def test_resume_from_last_checkpoint(full_run, clean_dir, capsys):
 
 def test_lora_learns_held_out_task(lora_run, full_run):
     out, m = lora_run
+    print(f"measured: lora exact_match {m['exact_match_before']:.3f} -> {m['exact_match_after']:.3f}")
     assert m["exact_match_before"] == pytest.approx(full_run[1]["exact_match_after"])  # starts from the base
     assert m["exact_match_after"] >= LORA_THRESHOLD
     assert m["exact_match_after"] >= m["exact_match_before"] + 0.03
