@@ -21,9 +21,12 @@ COMMON = ["--max_length", "128", "--per_device_train_batch_size", "8", "--eval_s
 # bash train.sh trains longer and gets much higher numbers (README).
 # Thresholds sit at most halfway between the untrained value and the lowest value measured over
 # OMP_NUM_THREADS=1 / default threads x ZERO_NLP_TEST_SEED=42 / 7 on an AMD EPYC, 2 cores (see README).
+# Measured (AMD EPYC, 2 cores, shared; default threads): full 0.000 -> 0.433 (seed 42) / 0.473 (seed 7);
+# LoRA 0.433 -> 0.460 (seed 42) / 0.473 -> 0.513 (seed 7). OMP_NUM_THREADS=1 not yet measured.
 FULL_EPOCHS = "8"
-FULL_THRESHOLD = 0.10   # from-scratch model: 0.0 before
-LORA_THRESHOLD = 0.18   # LoRA on top of it: must beat its base by 0.03
+FULL_THRESHOLD = 0.20   # from-scratch model: 0.0 before; halfway to 0.433 is 0.216
+LORA_THRESHOLD = 0.20   # LoRA on top of it (absolute; halfway between 0 and 0.460 is 0.23)
+LORA_GAIN = 0.01        # over its base: measured +0.027 / +0.040, halfway is 0.0135 (was 0.03: no margin)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +85,7 @@ def test_lora_learns_held_out_task(lora_run, full_run):
     print(f"measured: lora exact_match {m['exact_match_before']:.3f} -> {m['exact_match_after']:.3f}")
     assert m["exact_match_before"] == pytest.approx(full_run[1]["exact_match_after"])  # starts from the base
     assert m["exact_match_after"] >= LORA_THRESHOLD
-    assert m["exact_match_after"] >= m["exact_match_before"] + 0.03
+    assert m["exact_match_after"] >= m["exact_match_before"] + LORA_GAIN
     # only the adapter is saved
     assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
     adapter = (out / "adapter_model.safetensors").stat().st_size
