@@ -7,12 +7,87 @@ A clean record is `{"messages": [{"role": "system"|"user"|"assistant", "content"
 (clean_data.py converts Alpaca/BELLE, sharegpt `conversations` and OpenAI `messages` to it).
 """
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from train_tokenizer import SPECIAL_TOKENS, train_tokenizer  # noqa: F401  (re-exported: tests and serve use it)
+
+HERE = Path(__file__).resolve().parent
+
 IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------- arguments
+@dataclass
+class DataArguments:
+    data_dir: str = field(default=str(HERE / "data/cache/clean"), metadata={"help": "clean_data.py output (train/validation/test.jsonl)"})
+    train_file: str | None = field(default=None, metadata={"help": "clean JSONL; default <data_dir>/train.jsonl"})
+    validation_file: str | None = field(default=None, metadata={"help": "clean JSONL; default <data_dir>/validation.jsonl"})
+    test_file: str | None = field(default=None, metadata={"help": "clean JSONL; default <data_dir>/test.jsonl"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per sample and per packed row; default: 128 for the generated task, else the 99th percentile of the training conversations' lengths rounded up to 64, between 128 and 1024"})
+    packing: bool = field(default=True, metadata={"help": "pack several samples per row (block-diagonal attention)"})
+    tasks: str | None = field(default=None, metadata={"help": "comma separated 'task' values to keep (generated data), e.g. unit,date"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training records (> 0)"})
+    eval_samples: int = field(default=200, metadata={"help": "test questions answered by greedy generation (exact match + examples)"})
+    max_new_tokens: int = field(default=24, metadata={"help": "answer length limit of those generations"})
+
+    def __post_init__(self):
+        for name in ("max_length", "max_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SystemExit(f"--{name}: must be > 0, got {value}. Fix: pass a positive number or leave it out")
+        if self.eval_samples < 1 or self.max_new_tokens < 1:
+            name = "eval_samples" if self.eval_samples < 1 else "max_new_tokens"
+            raise SystemExit(f"--{name}: must be >= 1, got {getattr(self, name)}. Fix: pass a positive number")
+        data_dir = Path(self.data_dir)
+        for split, name in (("train", "train_file"), ("validation", "validation_file"), ("test", "test_file")):
+            path = Path(getattr(self, name) or data_dir / f"{split}.jsonl")
+            setattr(self, name, str(path))
+            if not path.is_file():
+                raise SystemExit(f"--{name}: {path} does not exist. Fix: run `python clean_data.py` first "
+                                 f"or pass the path of a clean JSONL file")
+            with open(path, "rb") as f:
+                if not any(line.strip() for line in f):
+                    raise SystemExit(f"--{name}: {path} has no records (empty {split} split). Fix: look at "
+                                     f"clean_data.py's summary.json and rejects.jsonl next to it, or give the "
+                                     f"{split} split a share (--validation_ratio / --test_ratio of clean_data.py)")
+
+
+def is_generated_task(records: list[dict]) -> bool:
+    """The offline default task: every record carries the generator's `task` field."""
+    return bool(records) and all("task" in r for r in records)
+
+
+def default_max_length(records: list[dict], tokenizer, template: "ChatTemplate", sample: int = 2000) -> int:
+    """128 for the generated task; else the 99th percentile of the conversations' token lengths,
+    rounded up to a multiple of 64, between 128 and 1024 (a length that keeps ~99% of real data)."""
+    if is_generated_task(records):
+        return 128
+    step = max(1, len(records) // sample)
+    lengths = sorted(len(tokenizer("".join(t for t, _ in render_segments(r["messages"], template, tokenizer.eos_token)),
+                                   add_special_tokens=False)["input_ids"]) for r in records[::step])
+    p99 = lengths[min(len(lengths) - 1, math.ceil(0.99 * len(lengths)) - 1)]
+    return int(min(1024, max(128, -(-p99 // 64) * 64)))
+
+
+def check_dropped(n_dropped: int, n_records: int, max_length: int, split: str, warn_above: float = 0.10) -> str:
+    """Say how many conversations were dropped as too long; fail (naming --max_length) when none is left."""
+    why = f"not even their first question + answer fits in --max_length {max_length} tokens"
+    if n_records and n_dropped == n_records:
+        raise SystemExit(f"--max_length: all {n_records} {split} records were dropped: {why}. "
+                         f"Fix: raise --max_length (or leave it out: the default follows the data's lengths)")
+    share = n_dropped / max(n_records, 1)
+    line = f"{split}: dropped {n_dropped} of {n_records} records ({share:.1%}) as too long: {why}"
+    if share > warn_above:
+        line = (f"WARNING: {line}. More than {warn_above:.0%} of the {split} data is lost. "
+                f"Fix: raise --max_length")
+        print("!" * 100 + "\n" + line + "\n" + "!" * 100, flush=True)
+    else:
+        print(line, flush=True)
+    return line
 
 
 # ----------------------------------------------------------------------------- prompt template
@@ -235,24 +310,3 @@ class SFTCollator:
         else:
             batch["attention_mask"] = pad_mask
         return batch
-
-
-# ----------------------------------------------------------------------------- tokenizer
-SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-
-
-def train_tokenizer(texts, vocab_size: int = 1000):
-    """Byte-level BPE trained on `texts`; digits are split one by one (helps arithmetic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)

@@ -21,7 +21,7 @@ STEPS = [
     "packing: samples share rows, position_ids restart,\n4D block-diagonal mask (BLOOM: ALiBi derived per sample)",
     "model.py: small BLOOM + BPE tokenizer (offline) or BLOOM / Falcon /\nGPT-NeoX / LLaMA checkpoint; full or LoRA (peft)",
     "train.py: Trainer (python / torchrun / deepspeed ZeRO-2/3 [+offload])\nexact match on held-out questions before and after",
-    "output_dir: model.safetensors or adapter only, tokenizer, curves.png,\nruns/, test_results.json; merge.py -> full checkpoint",
+    "output_dir: model.safetensors or adapter only, tokenizer, curves.png,\nruns/, train/eval/test_results.json; merge.py -> full checkpoint",
     "infer.ipynb (chat) / serve.py (OpenAI API, 127.0.0.1)\ndevice_map.py: balanced naive model parallel for inference",
 ]
 

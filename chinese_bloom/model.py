@@ -7,6 +7,7 @@ Only transformers' built-in classes (AutoModelForCausalLM), never trust_remote_c
 """
 import json
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,14 +16,58 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BloomC
 SUPPORTED = ("bloom", "falcon", "gpt_neox", "llama")
 # the offline default: small enough to learn the generated task on 2 CPU cores in minutes
 SMALL_CONFIG = dict(hidden_size=128, n_layer=4, n_head=4, hidden_dropout=0.0, attention_dropout=0.0)
-TOKENIZER_VOCAB = 800
+TOKENIZER_VOCAB = 800          # the generated task (short templated questions)
+USER_DATA_TOKENIZER_VOCAB = 8000  # your own instruction data: real Chinese text needs thousands of tokens
 
 
-def load_tokenizer(model_name_or_path: str | None, texts=None):
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "BLOOM/Falcon/GPT-NeoX/LLaMA dir or Hub id; omitted = small BLOOM from scratch"})
+    template: str = field(default="belle", metadata={"help": "prompt template (dataset.TEMPLATES): belle, alpaca, chatml"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (> 0)"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (> 0)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input, 0 <= p < 1"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "comma separated module names, or all-linear"})
+    tokenizer_vocab_size: int | None = field(default=None, metadata={"help": "offline default only (no --model_name_or_path): BPE vocabulary trained on the data; default 800 for the generated task, 8000 for your own data"})
+
+    def __post_init__(self):
+        from dataset import get_template
+        get_template(self.template)
+        for name in ("lora_r", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise SystemExit(f"--{name}: must be > 0, got {getattr(self, name)}. Fix: e.g. --lora_r 16 --lora_alpha 32")
+        if not 0 <= self.lora_dropout < 1:
+            raise SystemExit(f"--lora_dropout: must be in [0, 1), got {self.lora_dropout}. Fix: e.g. --lora_dropout 0.05")
+        if self.tokenizer_vocab_size is not None and self.tokenizer_vocab_size < 300:
+            raise SystemExit(f"--tokenizer_vocab_size: must be >= 300 (256 bytes + special tokens), got "
+                             f"{self.tokenizer_vocab_size}. Fix: e.g. --tokenizer_vocab_size 8000")
+        check_model_path(self.model_name_or_path)
+        if self.model_name_or_path and Path(self.model_name_or_path).is_dir():
+            # absolute, so the adapter_config.json of a LoRA run still finds its base from anywhere
+            self.model_name_or_path = str(Path(self.model_name_or_path).resolve())
+        if self.use_lora and self.model_name_or_path is None:
+            raise SystemExit("--use_lora: LoRA needs a trained base model, and the offline default starts from random "
+                             "weights. Fix: train it fully first (python train.py), then pass "
+                             "--model_name_or_path outputs/bloom_full --use_lora")
+
+
+def is_offline_model(model_name_or_path: str | None) -> bool:
+    """True for the small BLOOM of SMALL_CONFIG: trained from scratch here (None) or a checkpoint of it."""
+    if model_name_or_path is None:
+        return True
+    config = Path(model_name_or_path) / "config.json"
+    if not config.is_file():
+        return False
+    c = json.loads(config.read_text())
+    return c.get("model_type") == "bloom" and all(c.get(k) == v for k, v in SMALL_CONFIG.items() if "dropout" not in k)
+
+
+def load_tokenizer(model_name_or_path: str | None, texts=None, vocab_size: int = TOKENIZER_VOCAB):
     """The checkpoint's tokenizer, or (offline default) a byte-level BPE trained on `texts`."""
     if model_name_or_path is None:
-        from dataset import train_tokenizer
-        return train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)
+        from train_tokenizer import train_tokenizer
+        return train_tokenizer(texts, vocab_size=vocab_size)
     try:
         tok = AutoTokenizer.from_pretrained(model_name_or_path)
     except OSError as e:

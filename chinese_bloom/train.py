@@ -1,13 +1,14 @@
 """Instruction fine-tuning (SFT) of BLOOM / Falcon (and GPT-NeoX, LLaMA): full or LoRA, packed.
 
     python train.py                                            # offline default: small BLOOM from scratch
-    python train.py --model_name_or_path outputs/bloom_full --use_lora   # LoRA on top of it
+    python train.py --model_name_or_path outputs/bloom_full --use_lora --output_dir outputs/bloom_lora
     torchrun --nproc_per_node 8 train.py --model_name_or_path bigscience/bloom-7b1 --bf16 \
-        --deepspeed ds_zero3.json --train_file data/belle.jsonl ...
+        --deepspeed ds_zero3.json --data_dir data/cache/mine ...
 
 Multi-GPU training = torchrun/deepspeed launchers (data parallel / ZeRO). Naive model parallelism
 (device_map.py) is for single-process inference only; the two are never combined.
-Reports held-out exact match (greedy generation) before and after training.
+Reports held-out exact match (greedy generation) before and after training, the validation loss and
+perplexity (eval_results.json), the test loss / perplexity / exact match (test_results.json) and a few answers.
 """
 import json
 import math
@@ -18,46 +19,94 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from dataset import SFTCollator, build_prompt, build_sft_dataset, get_template, read_clean_records, render_segments
-from model import add_lora, check_model_path, enable_packing, generate, load_model, load_tokenizer
+from dataset import (DataArguments, SFTCollator, build_prompt, build_sft_dataset, check_dropped, default_max_length,
+                     get_template, is_generated_task, read_clean_records, render_segments)
+from model import (USER_DATA_TOKENIZER_VOCAB, TOKENIZER_VOCAB, ModelArguments, add_lora, enable_packing, generate,
+                   is_offline_model, load_model, load_tokenizer)
 
 HERE = Path(__file__).resolve().parent
 
 
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "BLOOM/Falcon/GPT-NeoX/LLaMA dir or Hub id; omitted = small BLOOM from scratch"})
-    template: str = field(default="belle", metadata={"help": "prompt template (dataset.TEMPLATES): belle, alpaca, chatml"})
-    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter (peft) instead of all weights"})
-    lora_r: int = field(default=16)
-    lora_alpha: int = field(default=32)
-    lora_dropout: float = field(default=0.05)
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "comma separated module names, or all-linear"})
+# Copied from chinese_classifier/train.py:resolve_resume
+def resolve_resume(resume: str | None, output_dir: str, required: tuple[str, ...] = ("trainer_state.json",)) -> str | None:
+    """--resume_from_checkpoint: None, a checkpoint directory, or 'last' = the newest *complete* checkpoint-N.
+
+    Trainer writes a checkpoint file by file and trainer_state.json (then the callbacks' files) last, so a
+    run killed while saving leaves a checkpoint-N without it: 'last' skips such a directory and says so.
+    """
+    if not resume:
+        return None
+    if resume != "last":
+        missing = [name for name in required if not (Path(resume) / name).is_file()]
+        if not Path(resume).is_dir() or missing:
+            raise SystemExit(f"--resume_from_checkpoint: {resume} is not a complete checkpoint directory "
+                             f"(missing {', '.join(missing) or 'the directory'}). Fix: pass a checkpoint-* dir or 'last'")
+        return resume
+    found = sorted((int(p.name[len("checkpoint-"):]), p) for p in Path(output_dir).glob("checkpoint-*")
+                   if p.is_dir() and p.name[len("checkpoint-"):].isdigit())
+    for _, path in reversed(found):
+        missing = [name for name in required if not (path / name).is_file()]
+        if not missing:
+            return str(path)
+        print(f"--resume_from_checkpoint last: skipping {path}: no {', '.join(missing)} (killed while saving?)")
+    raise SystemExit(f"--resume_from_checkpoint: no complete checkpoint-* in {output_dir}. Fix: train first, "
+                     "or drop the flag")
 
 
-@dataclass
-class DataArguments:
-    data_dir: str = field(default=str(HERE / "data/cache/clean"), metadata={"help": "clean_data.py output (train/validation/test.jsonl)"})
-    train_file: str | None = field(default=None)
-    validation_file: str | None = field(default=None)
-    test_file: str | None = field(default=None)
-    max_length: int | None = field(default=None, metadata={"help": "tokens per sample and per packed row; default 128 offline, 1024 for a checkpoint"})
-    packing: bool = field(default=True, metadata={"help": "pack several samples per row (block-diagonal attention)"})
-    tasks: str | None = field(default=None, metadata={"help": "comma separated 'task' values to keep (generated data), e.g. unit,date"})
-    max_train_samples: int | None = field(default=None)
-    eval_samples: int = field(default=200, metadata={"help": "test questions used for exact match"})
-    max_new_tokens: int = field(default=24)
+# Copied from chinese_classifier/train.py:check_device_flags
+def check_device_flags(args) -> None:
+    """Call at the top of the TrainingArguments subclass's __post_init__, before super().__post_init__().
+
+    GPU-only flags fail with one line (TrainingArguments would raise deep inside); under torchrun on CPU
+    use_cpu is set, else every rank would train alone instead of joining gloo DDP.
+    """
+    if torch.cuda.is_available():
+        return
+    for flag in ("bf16", "fp16", "deepspeed"):
+        if getattr(args, flag, None):
+            raise SystemExit(f"--{flag}: needs a CUDA GPU and none is visible (bf16/fp16 and DeepSpeed ZeRO do "
+                             f"not run on CPU here). Fix: drop --{flag}; on CPU training runs in fp32")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        args.use_cpu = True
+
+
+# Copied from chinese_classifier/train.py:plot_curves
+def plot_curves(log_history: list[dict], path, metrics: tuple[str, ...] = (), loss_label: str = "loss") -> None:
+    """Train/validation loss per step (left) and the validation `metrics` (right, when given) -> a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 4), squeeze=False)
+    for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            axes[0, 0].plot(*zip(*points), "o-" if key == "eval_loss" else "-", label=label)
+    axes[0, 0].set(xlabel="step", ylabel=loss_label, title="loss")
+    for key in metrics:
+        points = [(h["step"], h[f"eval_{key}"]) for h in log_history if f"eval_{key}" in h]
+        if points:
+            axes[0, 1].plot(*zip(*points), "o-", label=key)
+    if metrics:
+        axes[0, 1].set(xlabel="step", title="validation metrics")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 @dataclass
 class SFTTrainingArguments(TrainingArguments):
     output_dir: str = field(default=str(HERE / "outputs/bloom_full"))
-    num_train_epochs: float = field(default=15)
+    num_train_epochs: float | None = field(default=None, metadata={"help": "default: 15 for the offline model from scratch, 4 for LoRA on it, 3 on a real checkpoint"})
     per_device_train_batch_size: int = field(default=8)
     per_device_eval_batch_size: int = field(default=8)
-    learning_rate: float = field(default=1e-3)  # offline default; use ~2e-5 (full) / 2e-4 (LoRA) on real checkpoints
+    # None = late default (check_args): 1e-3 for the offline model (from scratch, or LoRA on it);
+    # 2e-5 full / 2e-4 LoRA fine-tuning on a real checkpoint
+    learning_rate: float | None = field(default=None, metadata={"help": "default: 1e-3 for the offline small BLOOM (full or LoRA), 2e-5 full / 2e-4 LoRA on a real checkpoint"})
     warmup_steps: float = field(default=30)
     lr_scheduler_type: str = field(default="cosine")
     weight_decay: float = field(default=0.01)
@@ -68,19 +117,30 @@ class SFTTrainingArguments(TrainingArguments):
     report_to: str | None = field(default="tensorboard")
     remove_unused_columns: bool = field(default=False)
     dataloader_num_workers: int = field(default=0)
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available())  # no pin_memory warning on CPU
+    ddp_find_unused_parameters: bool | None = field(default=False)  # every parameter gets a gradient
     seed: int = field(default=42)
 
+    def __post_init__(self):
+        check_device_flags(self)
+        lr, self.learning_rate = self.learning_rate, (self.learning_rate or 1e-3)
+        epochs, self.num_train_epochs = self.num_train_epochs, (self.num_train_epochs or 1)
+        super().__post_init__()
+        self.learning_rate, self.num_train_epochs = lr, epochs  # check_args fills defaults that depend on the model
+        if epochs is not None and epochs <= 0:
+            raise SystemExit(f"--num_train_epochs: must be > 0, got {epochs}. Fix: e.g. --num_train_epochs 3")
+        if lr is not None and lr <= 0:
+            raise SystemExit(f"--learning_rate: must be > 0, got {lr}. Fix: e.g. --learning_rate 2e-4")
+        self.resume_from_checkpoint = resolve_resume(self.resume_from_checkpoint, self.output_dir)
 
-def check_cpu_flags(argv: list[str]) -> None:
-    """Fail early, with one message, on flags that need a GPU (transformers would raise deep inside)."""
-    if torch.cuda.is_available():
-        return
-    for flag in ("--deepspeed", "--bf16", "--fp16"):
-        for i, a in enumerate(argv):
-            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-            if a.split("=", 1)[0] == flag and (flag == "--deepspeed" or value.lower() not in ("false", "0", "no")):
-                raise SystemExit(f"{flag}: needs a CUDA GPU, and none is visible (DeepSpeed ZeRO and bf16/fp16 "
-                                 f"do not run on CPU here). Fix: drop {flag}; on CPU training runs in fp32")
+
+def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: SFTTrainingArguments) -> None:
+    """Late defaults that need two argument groups."""
+    offline = is_offline_model(model_args.model_name_or_path)
+    if training_args.learning_rate is None:
+        training_args.learning_rate = 1e-3 if offline else 2e-4 if model_args.use_lora else 2e-5
+    if training_args.num_train_epochs is None:
+        training_args.num_train_epochs = (4 if model_args.use_lora else 15) if offline else 3
 
 
 def exact_match(model, tokenizer, records, template, max_new_tokens: int, batch_size: int = 32) -> dict:
@@ -101,63 +161,43 @@ def exact_match(model, tokenizer, records, template, max_new_tokens: int, batch_
             "examples": [{"prompt": p, "pred": x, "ref": y} for p, x, y in list(zip(prompts, preds, refs))[:5]]}
 
 
-def plot_curves(log_history, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def load_splits(data_args: DataArguments) -> dict[str, list[dict]]:
+    splits = {name: read_clean_records(getattr(data_args, f"{name}_file")) for name in ("train", "validation", "test")}
+    if data_args.tasks:
+        keep = set(data_args.tasks.split(","))
+        splits = {k: [r for r in rs if r.get("task") in keep] for k, rs in splits.items()}
+        if not splits["train"]:
+            raise SystemExit(f"--tasks: no training record has task in {sorted(keep)}. "
+                             f"Fix: use values of the 'task' field of the generated data")
+    if data_args.max_train_samples:
+        splits["train"] = splits["train"][:data_args.max_train_samples]
+    return splits
+
+
+def print_answers(title: str, result: dict, n: int = 3) -> None:
+    print(f"{title}: exact match {result['exact_match']:.3f} {result['exact_match_by_task']}")
+    for ex in result["examples"][:n]:
+        print(f"  Q: {ex['prompt'].strip()!r}\n  A: {ex['pred'].strip()!r}\n  reference: {ex['ref']!r}")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    check_cpu_flags(argv)
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "--use_cpu" not in argv:
-        argv.append("--use_cpu")  # torchrun on CPU: without it Trainer silently runs every rank alone (no gloo DDP)
+    # Arguments: every check runs while parsing, before anything is loaded
     parser = HfArgumentParser((ModelArguments, DataArguments, SFTTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv)
+    check_args(model_args, data_args, training_args)
     template = get_template(model_args.template)
-    check_model_path(model_args.model_name_or_path)
-    if model_args.model_name_or_path and Path(model_args.model_name_or_path).is_dir():
-        # absolute, so the adapter_config.json of a LoRA run still finds its base from anywhere
-        model_args.model_name_or_path = str(Path(model_args.model_name_or_path).resolve())
-    if model_args.use_lora and model_args.model_name_or_path is None:
-        raise SystemExit("--use_lora: LoRA needs a trained base model, and the offline default starts from random "
-                         "weights. Fix: train it fully first (python train.py), then pass "
-                         "--model_name_or_path outputs/bloom_full --use_lora")
-    if data_args.max_length is None:
-        data_args.max_length = 128 if model_args.model_name_or_path is None else 1024
     set_seed(training_args.seed)
     if not torch.cuda.is_available():  # more threads than half the cores mostly spin-wait on a busy CPU
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
-    data_dir = Path(data_args.data_dir)
-    train_records = read_clean_records(data_args.train_file or data_dir / "train.jsonl")
-    val_records = read_clean_records(data_args.validation_file or data_dir / "validation.jsonl")
-    test_records = read_clean_records(data_args.test_file or data_dir / "test.jsonl")
-    if data_args.tasks:
-        keep = set(data_args.tasks.split(","))
-        train_records, val_records, test_records = ([r for r in rs if r.get("task") in keep]
-                                                    for rs in (train_records, val_records, test_records))
-        if not train_records:
-            raise SystemExit(f"--tasks: no training record has task in {sorted(keep)}. "
-                             f"Fix: use values of the 'task' field of the generated data")
-    if data_args.max_train_samples:
-        train_records = train_records[:data_args.max_train_samples]
+    # Data
+    splits = load_splits(data_args)
+    generated = is_generated_task(splits["train"])
 
-    texts = ("".join(t for t, _ in render_segments(r["messages"], template, "")) for r in train_records)
-    tokenizer = load_tokenizer(model_args.model_name_or_path, texts)
+    # Tokenizer and model
+    texts = ("".join(t for t, _ in render_segments(r["messages"], template, "")) for r in splits["train"])
+    vocab = model_args.tokenizer_vocab_size or (TOKENIZER_VOCAB if generated else USER_DATA_TOKENIZER_VOCAB)
+    tokenizer = load_tokenizer(model_args.model_name_or_path, texts, vocab_size=vocab)
     dtype = torch.bfloat16 if training_args.bf16 and model_args.use_lora else torch.float32
     model = load_model(model_args.model_name_or_path, tokenizer, dtype=dtype)
     if data_args.packing:
@@ -167,53 +207,58 @@ def main(argv: list[str] | None = None) -> dict:
                          model_args.lora_target_modules, training_args.gradient_checkpointing)
         model.print_trainable_parameters()
 
-    eval_records = test_records[:data_args.eval_samples]
+    # Preprocessing: tokenise, drop what does not fit (said loudly), pack
+    if data_args.max_length is None:
+        data_args.max_length = default_max_length(splits["train"], tokenizer, template)
+        print(f"--max_length {data_args.max_length} (default: {'the generated task' if generated else '99th percentile of the training conversations, rounded up to 64'})")
+    datasets, dropped = {}, {}
+    for name, records in splits.items():
+        datasets[name], dropped[name] = build_sft_dataset(records, tokenizer, template, data_args.max_length,
+                                                          packing=data_args.packing and name == "train")
+        check_dropped(dropped[name], len(records), data_args.max_length, name)
+
+    # Training (one collator: packed rows and single unpacked samples alike)
+    eval_records = splits["test"][:data_args.eval_samples]
     before = exact_match(model, tokenizer, eval_records, template, data_args.max_new_tokens)
     print(f"held-out exact match before training: {before['exact_match']:.3f}")
+    trainer = Trainer(model=model, args=training_args, train_dataset=datasets["train"],
+                      eval_dataset=datasets["validation"], processing_class=tokenizer,
+                      data_collator=SFTCollator(tokenizer.pad_token_id, packed=data_args.packing))
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    train_ds, dropped = build_sft_dataset(train_records, tokenizer, template, data_args.max_length, data_args.packing)
-    val_ds, _ = build_sft_dataset(val_records, tokenizer, template, data_args.max_length, packing=False)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=val_ds,
-                      data_collator=SFTCollator(tokenizer.pad_token_id, packed=data_args.packing),
-                      processing_class=tokenizer)
-
-    resume = training_args.resume_from_checkpoint
-    if resume == "last":
-        resume = get_last_checkpoint(training_args.output_dir)
-        if resume is None:
-            raise SystemExit(f"--resume_from_checkpoint: no checkpoint-* in {training_args.output_dir}. "
-                             f"Fix: drop the flag or point it at a checkpoint directory")
-    train_result = trainer.train(resume_from_checkpoint=resume)
-
-    trainer.data_collator = SFTCollator(tokenizer.pad_token_id, packed=False)  # validation is unpacked
+    # Evaluation: validation loss/perplexity, test loss/perplexity, exact match and a few answers
     eval_metrics = trainer.evaluate()
+    eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
+    test_metrics = trainer.evaluate(datasets["test"], metric_key_prefix="test")
+    test_metrics["test_perplexity"] = math.exp(min(test_metrics["test_loss"], 50))
     after = exact_match(model, tokenizer, eval_records, template, data_args.max_new_tokens)
+    print(f"validation loss {eval_metrics['eval_loss']:.4f}, perplexity {eval_metrics['eval_perplexity']:.2f}; "
+          f"test loss {test_metrics['test_loss']:.4f}, perplexity {test_metrics['test_perplexity']:.2f}")
     print(f"held-out exact match after training: {after['exact_match']:.3f} {after['exact_match_by_task']}")
+    print_answers(f"a few of the {len(eval_records)} test answers", after)
 
+    # Saving
     trainer.save_model()  # LoRA: only adapter_model.safetensors + adapter_config.json
     tokenizer.save_pretrained(training_args.output_dir)
-    metrics = {
-        "train_loss": train_result.training_loss,
-        "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
-        "eval_loss": eval_metrics["eval_loss"],
-        "eval_perplexity": math.exp(min(eval_metrics["eval_loss"], 50)),
-        "exact_match_before": before["exact_match"],
-        "exact_match_after": after["exact_match"],
-        "exact_match_by_task_after": after["exact_match_by_task"],
-        "global_step": trainer.state.global_step,
-        "train_samples": len(train_records) - dropped,
-        "train_rows": len(train_ds),
-        "dropped_too_long": dropped,
-        "template": template.name,
-        "use_lora": model_args.use_lora,
-        "packing": data_args.packing,
-    }
+    train_metrics = {"train_loss": train_result.training_loss,
+                     "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
+                     "global_step": trainer.state.global_step, "train_samples": len(splits["train"]) - dropped["train"],
+                     "train_rows": len(datasets["train"]), "dropped_too_long": dropped["train"],
+                     "max_length": data_args.max_length, "learning_rate": training_args.learning_rate,
+                     "template": template.name, "use_lora": model_args.use_lora, "packing": data_args.packing}
+    test_metrics.update({"exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
+                         "exact_match_by_task_after": after["exact_match_by_task"],
+                         "exact_match_samples": len(eval_records), "test_dropped_too_long": dropped["test"]})
+    eval_metrics["eval_dropped_too_long"] = dropped["validation"]
     if trainer.is_world_process_zero():
-        trainer.save_metrics("test", metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        trainer.save_metrics("test", test_metrics)
         (Path(training_args.output_dir) / "examples.json").write_text(
             json.dumps(after["examples"], ensure_ascii=False, indent=2))
-        plot_curves(trainer.state.log_history, Path(training_args.output_dir) / "curves.png")
-    return metrics
+        plot_curves(trainer.state.log_history, Path(training_args.output_dir) / "curves.png",
+                    loss_label="loss (answer tokens)")
+    return {**train_metrics, **eval_metrics, **test_metrics}
 
 
 if __name__ == "__main__":

@@ -1,44 +1,43 @@
 #!/usr/bin/env bash
-# Offline default (no arguments): generate + clean the task data, train a small BLOOM from scratch
-# (full fine-tuning), then a LoRA adapter on top of it, merge it, and report held-out exact match.
-#
-# Real training: set the variables below, e.g.
-#   MODEL=bigscience/bloom-560m TRAIN_FILE=data/belle_cn.json bash train.sh
-#   MODEL=tiiuae/falcon-7b LORA_ONLY=1 NPROC=8 DEEPSPEED=ds_zero2.json PRECISION=--bf16 bash train.sh
+# Default (no arguments): generate + clean the offline task, train a small BLOOM from scratch (full fine-tuning),
+# then a LoRA adapter on top of it, merge it, and print held-out exact match.   # Real run:
+#   MODEL=bigscience/bloom-560m TRAIN_FILE=data/belle_cn.json NPROC=8 DEEPSPEED=ds_zero2.json PRECISION=--bf16 bash train.sh
+# Extra arguments go to train.py (both stages): bash train.sh --num_train_epochs 1
 set -euo pipefail
 cd "$(dirname "$0")"
 
 MODEL=${MODEL:-}                 # empty = offline default; else a Hub id or a local checkpoint dir
-TRAIN_FILE=${TRAIN_FILE:-}       # raw JSON/JSONL (Alpaca/BELLE, sharegpt or OpenAI messages)
-TEMPLATE=${TEMPLATE:-belle}
-NPROC=${NPROC:-1}                # >1: torchrun data parallel (GPU)
-DEEPSPEED=${DEEPSPEED:-}         # ds_zero2.json | ds_zero3.json | ds_zero2_offload.json | ds_zero3_offload.json
+TRAIN_FILE=${TRAIN_FILE:-}       # raw JSON/JSONL/parquet (Alpaca/BELLE, sharegpt or OpenAI messages); empty = generated task
+ENCODING=${ENCODING:-utf-8}      # TRAIN_FILE's encoding, e.g. gb18030 for GBK files
+DATA=${DATA:-data/cache/clean}   # where clean_data.py writes train/validation/test.jsonl
 PRECISION=${PRECISION:-}         # --bf16 or --fp16 on GPU; empty = fp32 (CPU)
 LORA_ONLY=${LORA_ONLY:-}         # 1: skip full fine-tuning, train LoRA on MODEL directly
-FULL_EPOCHS=${FULL_EPOCHS:-15}
-LORA_EPOCHS=${LORA_EPOCHS:-4}
-OUT=${OUT:-outputs}
-MAX_LENGTH=${MAX_LENGTH:-$([ -z "$MODEL" ] && echo 128 || echo 1024)}   # tokens per sample / packed row
+OUT=${OUT:-outputs}              # bloom_full, bloom_lora, bloom_merged are written here
+# >>> launcher (copied: chinese_classifier/train.sh)
+CORES=$(nproc)
+NPROC=${NPROC:-$(python -c "import torch; print(torch.cuda.device_count() or 1)")}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( CORES / NPROC > 0 ? CORES / NPROC : 1 ))}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}   # spinning OpenMP threads stall a shared CPU
+DEEPSPEED=${DEEPSPEED:-}                             # ds_zero2.json ... (GPU only)
+LAUNCH=(python)
+if [ -n "$DEEPSPEED" ]; then LAUNCH=(deepspeed --num_gpus "$NPROC")
+elif [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --nproc_per_node "$NPROC" --master_port "${MASTER_PORT:-29541}"); fi
+# <<< launcher
 
 if [ -n "$TRAIN_FILE" ]; then
-  python clean_data.py --input "$TRAIN_FILE" --output_dir data/cache/clean
+  python clean_data.py --input "$TRAIN_FILE" --encoding "$ENCODING" --output_dir "$DATA"
 else
-  python clean_data.py --output_dir data/cache/clean
+  python clean_data.py --output_dir "$DATA"
 fi
-
-LAUNCH="python"
-if [ "$NPROC" -gt 1 ]; then LAUNCH="torchrun --nproc_per_node $NPROC"; fi
-EXTRA=(--template "$TEMPLATE" --data_dir data/cache/clean --max_length "$MAX_LENGTH" $PRECISION)
-if [ -n "$DEEPSPEED" ]; then EXTRA+=(--deepspeed "$DEEPSPEED"); fi
 
 BASE="$MODEL"
 if [ -z "$LORA_ONLY" ]; then
-  MODEL_ARG=(); if [ -n "$MODEL" ]; then MODEL_ARG=(--model_name_or_path "$MODEL"); fi
-  $LAUNCH train.py "${MODEL_ARG[@]}" "${EXTRA[@]}" --output_dir "$OUT/bloom_full" --num_train_epochs "$FULL_EPOCHS"
+  "${LAUNCH[@]}" train.py ${MODEL:+--model_name_or_path "$MODEL"} --data_dir "$DATA" --output_dir "$OUT/bloom_full" \
+    $PRECISION ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} "$@"
   BASE="$OUT/bloom_full"
 fi
-$LAUNCH train.py --model_name_or_path "$BASE" --use_lora "${EXTRA[@]}" --output_dir "$OUT/bloom_lora" \
-  --num_train_epochs "$LORA_EPOCHS" --learning_rate 1e-3
+"${LAUNCH[@]}" train.py --model_name_or_path "$BASE" --use_lora --data_dir "$DATA" --output_dir "$OUT/bloom_lora" \
+  $PRECISION ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} "$@"
 python merge.py --adapter_dir "$OUT/bloom_lora" --output_dir "$OUT/bloom_merged"
 python - "$OUT" <<'PY'
 import json, sys
@@ -48,5 +47,5 @@ for run in ("bloom_full", "bloom_lora"):
     except FileNotFoundError:
         continue
     print(f"{run}: held-out exact match {m['exact_match_before']:.3f} -> {m['exact_match_after']:.3f}",
-          m["exact_match_by_task_after"])
+          m["exact_match_by_task_after"], f"test perplexity {m['test_perplexity']:.2f}")
 PY

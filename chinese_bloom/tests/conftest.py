@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-FOLDER = Path(__file__).resolve().parents[1]
-if str(FOLDER) not in sys.path:
-    sys.path.insert(0, str(FOLDER))
+HERE = Path(__file__).resolve().parents[1]  # the folder (tests/..)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+SEED = int(os.environ.get("ZERO_NLP_TEST_SEED", "42"))  # run the suite with another seed: ZERO_NLP_TEST_SEED=7
 _THREADS = torch.get_num_threads()
 
 
@@ -69,10 +70,11 @@ def clean_dir(tmp_path_factory):
     """The generated default task, cleaned (small)."""
     import clean_data
     out = tmp_path_factory.mktemp("clean")
-    clean_data.main(["--output_dir", str(out)])
+    clean_data.main(["--output_dir", str(out), "--seed", str(SEED)])
     return out
 
 
+# Copied from chinese_classifier/tests/conftest.py:notebook_runner
 @pytest.fixture(scope="session")
 def notebook_runner():
     """`run_notebook` as a fixture: `from conftest import ...` would find the repo root's conftest.py."""

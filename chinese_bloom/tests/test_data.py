@@ -48,11 +48,17 @@ def test_three_shapes_become_messages_and_rejects_are_counted(tmp_path):
     assert summary["reasons"] == {"empty_answer": 1, "duplicate": 1, "format_error": 2, "too_long": 1}
     rejects = [json.loads(line) for line in open(tmp_path / "out/rejects.jsonl")]
     where = {(r["file"].split("/")[-1], r["line"]): r["reason"] for r in rejects}
+    # reason is a code (counted by summary.json), detail the human text: "code: detail" reads like before
+    said = {(r["file"].split("/")[-1], r["line"]): f"{r['reason']}: {r['detail']}" for r in rejects}
+    assert all(set(r) == {"file", "line", "reason", "detail", "text"} for r in rejects)
+    assert set(where.values()) <= set(summary["reasons"])
     assert where[("belle.jsonl", 2)] == "empty_answer"
     assert where[("belle.jsonl", 3)] == "duplicate"
-    assert where[("belle.jsonl", 5)].startswith("format_error: not valid JSON")
+    assert said[("belle.jsonl", 5)].startswith("format_error: not valid JSON")
+    assert where[("belle.jsonl", 5)] == "format_error"
     assert where[("belle.jsonl", 6)] == "too_long"
-    assert "conversations[0].from" in where[("share.json", 2)] and "'bot'" in where[("share.json", 2)]
+    # a JSON array's record is reported at the line where its object starts (json.dumps: one line here)
+    assert "conversations[0].from" in said[("share.json", 1)] and "'bot'" in said[("share.json", 1)]
     kept = [json.loads(line) for line in open(tmp_path / "out/train.jsonl")]
     assert {"role": "user", "content": "零宽字符"} in kept[1]["messages"]  # normalised
     assert [m["role"] for m in kept[2]["messages"]] == ["user", "assistant", "user", "assistant"]
