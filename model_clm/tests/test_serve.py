@@ -49,12 +49,14 @@ def tiny_model(tok):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+# Copied from chinese_bloom/tests/test_serve.py:free_port
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+# Copied from chinese_bloom/tests/test_serve.py:running
 @contextmanager
 def running(app):
     import uvicorn
