@@ -20,7 +20,8 @@ def _quick(data_dir, out, *extra):
 def test_short_run_beats_majority_and_writes_outputs(trained):
     out, m = trained
     assert m["test_accuracy"] >= m["test_majority_accuracy"] + 0.10, m
-    assert m["test_macro_f1"] > 0.6 and 0 < m["baseline_tfidf_lr_accuracy"] <= 1
+    # macro-F1: majority-class guessing 0.34, measured 0.78 (AMD EPYC, 2 cores, seeds 42/7): below halfway (0.56)
+    assert m["test_macro_f1"] > 0.55 and 0 < m["baseline_tfidf_lr_accuracy"] <= 1
     cm = np.array(m["test_confusion_matrix"])
     n_test = len((out / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines())
     assert cm.shape == (2, 2) and cm.sum() == n_test and np.trace(cm) / n_test == pytest.approx(m["test_accuracy"])

@@ -25,7 +25,8 @@ def test_torchrun_two_processes_gloo_loss_decreases(pipeline, tmp_path):
     state = json.loads((out / "checkpoint-240/trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
     assert len(losses) == 8
-    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses  # at least 0.5 nats lower
+    # measured drop 0.77 nats (AMD EPYC, 2 cores, seed 42): the threshold sits below halfway (0.385)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.35, losses
     position = json.loads((out / "checkpoint-240/data_position.json").read_text())
     assert position["samples_per_step"] == 2 * 8  # both ranks trained: global batch = world size x per-device
     results = json.loads((out / "eval_results.json").read_text())
