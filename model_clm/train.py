@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator, set_seed
 
-from dataset import DataArguments, EpochShuffleSampler, PackedDataset, load_meta, unigram_perplexity
+from dataset import DataArguments, EpochShuffleSampler, load_meta, unigram_perplexity
 from model import ModelArguments, build_model, load_tokenizer
 
 HERE = Path(__file__).resolve().parent

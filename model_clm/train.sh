@@ -23,12 +23,15 @@ DEEPSPEED=${DEEPSPEED:-}                             # ds_zero2.json ... (GPU on
 LAUNCH=(python)
 if [ -n "$DEEPSPEED" ]; then LAUNCH=(deepspeed --num_gpus "$NPROC")
 elif [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --nproc_per_node "$NPROC" --master_port "${MASTER_PORT:-29541}"); fi
+DRY_RUN=${DRY_RUN:-}                                 # 1 = print the commands instead of running them (tests)
+RUN=()
+if [ -n "$DRY_RUN" ]; then RUN=(echo); fi
 # <<< launcher
 
-python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD"
+"${RUN[@]}" python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD"
 if [ "$TOKENIZER" = "$WORK/tokenizer" ]; then
-  python train_tokenizer.py --input "$WORK/clean" --output_dir "$TOKENIZER" --vocab_size "$VOCAB_SIZE"
+  "${RUN[@]}" python train_tokenizer.py --input "$WORK/clean" --output_dir "$TOKENIZER" --vocab_size "$VOCAB_SIZE"
 fi
-python dataset.py --input "$WORK/clean" --output_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER"
-"${LAUNCH[@]}" train.py --data_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" --output_dir "$OUTPUT_DIR" \
+"${RUN[@]}" python dataset.py --input "$WORK/clean" --output_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER"
+"${RUN[@]}" "${LAUNCH[@]}" train.py --data_dir "$WORK/tokens" --tokenizer_name_or_path "$TOKENIZER" --output_dir "$OUTPUT_DIR" \
   ${MODEL:+--model_name_or_path "$MODEL"} ${DEEPSPEED:+--deepspeed "$DEEPSPEED"} "$@"

@@ -5,7 +5,8 @@ import pytest
 
 import clean_data
 from dataset import (IGNORE_INDEX, TEMPLATES, SFTCollator, build_prompt, build_sft_dataset, pack_examples,
-                     render_segments, tokenize_conversation, train_tokenizer)
+                     render_segments, tokenize_conversation)
+from train_tokenizer import train_tokenizer
 
 BELLE = TEMPLATES["belle"]
 

@@ -5,11 +5,7 @@ on the same prompt, so counts and finish_reason are checked exactly.
 """
 import copy
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,16 +47,9 @@ def tiny_model(tok):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def running(app):
+def running(app, port: int):
     import uvicorn
-    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -90,8 +79,8 @@ def app(tiny):
 
 
 @pytest.fixture(scope="module")
-def server(app):
-    with running(app) as url:
+def server(app, free_port):
+    with running(app, free_port()) as url:
         yield url
 
 
@@ -131,9 +120,9 @@ def test_chat_and_stream_agree(client):
     assert streamed == full.choices[0].message.content  # greedy: same text either way
 
 
-def test_max_tokens_is_capped(tiny):
+def test_max_tokens_is_capped(tiny, free_port):
     tok, model = tiny
-    with running(create_app(model, tok, get_template("belle"), model_name="tiny", max_tokens_cap=8)) as url:
+    with running(create_app(model, tok, get_template("belle"), model_name="tiny", max_tokens_cap=8), free_port()) as url:
         out = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=30).chat.completions.create(
             model="tiny", messages=MSG, max_tokens=10_000)
     assert out.usage.completion_tokens <= 8
@@ -423,26 +412,15 @@ def test_model_dir_without_checkpoint_is_refused(tmp_path):
         serve.main(["--model_dir", str(tmp_path)])
 
 
-def test_sigterm_stops_server_during_generation(tiny, tmp_path):
+def test_sigterm_stops_server_during_generation(tiny, tmp_path, server_process):
     tok, model = tiny
     endless = copy.deepcopy(model)  # EOS's (tied) embedding row 0: its logit 0 is never the largest
     with torch.no_grad():
         endless.get_input_embeddings().weight[tok.eos_token_id] = 0
     endless.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
-                             "--port", str(port), "--model_name", "tiny", "--max_tokens_cap", "100000"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.25)
+    with server_process([str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
+                         "--model_name", "tiny", "--max_tokens_cap", "100000"]) as (url, proc):
         first = threading.Event()
 
         def long_stream():
@@ -460,10 +438,6 @@ def test_sigterm_stops_server_during_generation(tiny, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=8)
         assert time.perf_counter() - start < 6
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_omp_wait_policy_is_passive_before_torch_is_imported():

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import merge
 import train
-from dataset import train_tokenizer
+from train_tokenizer import train_tokenizer
 from model import SUPPORTED, load_for_inference
 
 FOLDER = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 
 import dataset
-import train
 from model import load_trained, predict_proba
 
 FOLDER = Path(__file__).resolve().parents[1]

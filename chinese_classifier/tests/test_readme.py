@@ -6,8 +6,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import dataset
 import train
 

@@ -21,7 +21,7 @@ def _refuse(*a, **kw):
 def no_loading(monkeypatch):
     """Every loader raises: a test passing under this fixture proves nothing was loaded."""
     for mod, name in ((train, "build_model"), (train, "load_tokenizer"), (model, "build_model"),
-                      (dataset, "PackedDataset"), (train, "PackedDataset"), (dataset, "build_token_files"),
+                      (dataset, "PackedDataset"), (dataset, "build_token_files"),
                       (clean_data, "_stage1"), (clean_data, "prepare_people_daily"), (train_tokenizer, "Tokenizer")):
         monkeypatch.setattr(mod, name, _refuse)
     monkeypatch.setattr(model.AutoModelForCausalLM, "from_pretrained", _refuse)
@@ -89,20 +89,19 @@ def test_data_scripts_bad_argument_before_loading(pipeline, tmp_path, no_loading
     assert not (tmp_path / "t").exists() and not (tmp_path / "c").exists()
 
 
-def test_train_sh_and_train_py_run_one_recipe():
-    """train.sh passes only paths: every training hyper-parameter is train.py's default."""
-    text = (HERE / "train.sh").read_text()
-    train_line = text[text.index('"${LAUNCH[@]}" train.py'):]
-    passed = {tok for tok in train_line.split() if tok.startswith("--")}
-    assert passed <= {"--data_dir", "--tokenizer_name_or_path", "--output_dir", "--model_name_or_path",
-                      "--deepspeed"}, passed
-    assert '"$@"' in train_line
-    # the paths it passes are the defaults train.py resolves by itself
-    defaults = {f.name: f.default for f in dataset.DataArguments.__dataclass_fields__.values()}
-    assert defaults["data_dir"] == str(HERE / "data/cache/people_daily/tokens")
-    assert train.CLMTrainingArguments.__dataclass_fields__["output_dir"].default == str(HERE / "outputs/clm")
-    assert str(model.DEFAULT_TOKENIZER) == str(HERE / "data/cache/people_daily/tokenizer")
-    for var, default in (("WORK", "data/cache/people_daily"), ("OUTPUT_DIR", "outputs/clm")):
-        assert f"{var}=${{{var}:-{default}}}" in text
-    # block size: dataset.py packs with its default, train.py takes meta.json's
-    assert dataset.TokenizeArguments.__dataclass_fields__["block_size"].default == 128
+def test_config_overrides_apply_before_derived_values(tmp_path):
+    """qwen2's layer_types is derived from num_hidden_layers in __init__: overriding after construction left 32
+    layer types for 8 layers and failed in save_pretrained after training (the README's qwen2 command)."""
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<s>": 1, "</s>": 2},
+                                        unk_token="<pad>")), pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    args = model.ModelArguments(model_type="qwen2", config_overrides="hidden_size=64,intermediate_size=128,"
+                                "num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=2")
+    config = model.scratch_config(args, tokenizer)
+    assert (config.num_hidden_layers, len(config.layer_types), config.vocab_size) == (2, 2, 3)
+    config.save_pretrained(tmp_path)  # validates: raised before the fix
+    bad = model.ModelArguments(model_type="qwen2", config_overrides="hidden_size=64,num_attention_heads=4")
+    with pytest.raises(SystemExit, match="--config_overrides: .*num_key_value_heads=32") as e:
+        model.scratch_config(bad, tokenizer)
+    assert "\n" not in str(e.value)

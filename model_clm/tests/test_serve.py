@@ -4,11 +4,7 @@ A tiny LLaMA and a BPE tokenizer are built here (not by other tests); reference 
 """
 import copy
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,18 +45,10 @@ def tiny_model(tok):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-# Copied from chinese_bloom/tests/test_serve.py:free_port
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Copied from chinese_bloom/tests/test_serve.py:running
 @contextmanager
-def running(app):
+def running(app, port: int):
     import uvicorn
-    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -97,8 +85,8 @@ def app(tiny):
 
 
 @pytest.fixture(scope="module")
-def server(app):
-    with running(app) as url:
+def server(app, free_port):
+    with running(app, free_port()) as url:
         yield url
 
 
@@ -242,26 +230,15 @@ def test_bad_arguments_fail_before_loading(tmp_path, argv, match):
     assert ServeArguments.__dataclass_fields__["model_dir"].default == str(FOLDER / "outputs/clm")
 
 
-def test_sigterm_stops_server_during_generation(tiny, tmp_path):
+def test_sigterm_stops_server_during_generation(tiny, tmp_path, server_process):
     tok, model = tiny
     endless = copy.deepcopy(model)
     with torch.no_grad():
         endless.get_output_embeddings().weight[tok.eos_token_id] = 0  # EOS's logit 0 is never the largest
     endless.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
-                             "--port", str(port), "--model_name", "tiny", "--max_tokens_cap", "2000"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        for _ in range(240):
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.25)
+    with server_process([str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
+                         "--model_name", "tiny", "--max_tokens_cap", "2000"]) as (url, proc):
         first = threading.Event()
 
         def long_stream():
@@ -279,10 +256,6 @@ def test_sigterm_stops_server_during_generation(tiny, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=8)
         assert time.perf_counter() - start < 6
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_omp_wait_policy_is_passive_before_torch_is_imported():
