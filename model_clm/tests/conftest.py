@@ -80,22 +80,22 @@ def free_port() -> int:
 
 # Copied from chinese_bloom/tests/conftest.py:serve_process
 @contextmanager
-def serve_process(argv: list[str], cwd=None):
-    """`python *argv --port <free port>` (a serve.py) in its own process with one thread; waits until /v1/models
-    answers, yields (base url, process) and kills the process at the end if the test has not stopped it."""
+def serve_process(argv: list[str], cwd=None, ready: str = "/v1/models"):
+    """`python *argv --port <free port>` (a serve.py) in its own process with one thread; waits until GET `ready`
+    answers 200, yields ("http://127.0.0.1:<port>", process) and kills the process at the end if still running."""
     import httpx
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a full pipe would block the server
     proc = subprocess.Popen([sys.executable, *argv, "--port", str(port)], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(480):
             if proc.poll() is not None:
                 log.seek(0)
                 raise AssertionError(f"{argv} exited with {proc.returncode}: {log.read()[-3000:]}")
             try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                if httpx.get(url + ready, timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.25)

@@ -178,7 +178,8 @@ def test_readme_serve_commands_answer_the_openai_client(copied, server_process):
     served = [c for b in BLOCKS for c in commands(b) if c.startswith("python model_clm/serve.py")]
     assert len(served) == 2
     for command in served:
-        with server_process(shlex.split(command)[1:], cwd=copied) as (url, proc):
+        with server_process(shlex.split(command)[1:], cwd=copied) as (root, proc):
+            url = f"{root}/v1"
             client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
             done = client.completions.create(model="model_clm", prompt="中国", max_tokens=5, temperature=0)
             assert done.usage.completion_tokens <= 5 and done.choices[0].finish_reason in ("length", "stop")

@@ -44,3 +44,15 @@ def test_test_command_is_what_ci_runs():
     cmd = re.search(r"<!-- test-command -->`([^`]+)`", README).group(1)
     assert cmd == "bash scripts/test.sh" and (ROOT / "scripts/test.sh").is_file()
     assert "python utils/check_copies.py" in (ROOT / "scripts/test.sh").read_text()
+
+
+def test_direct_train_py_example_stops_with_one_line_on_cpu():
+    """The README's `python train.py ... --bf16` line, as written, on a CPU machine without a Hub and without
+    the law data: one clear line and exit code 1 (an unknown flag would be argparse's exit code 2)."""
+    (block,) = [b for b in bash_blocks(README) if "INPUT=/data/law/raw.jsonl" in b]
+    line = re.sub(r"\\\n\s*", " ", block.split("# 或直接调用：\n")[1]).strip()
+    assert line.startswith("python train.py --model_name_or_path hfl/chinese-roberta-wwm-ext")
+    out = subprocess.run([sys.executable, *line.split()[1:]], cwd=ROOT / "chinese_classifier", capture_output=True,
+                         text=True, timeout=120)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "Fix" in last and "Traceback" not in out.stderr, out.stderr[-2000:]
