@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser
 
 from dataset import IGNORE_INDEX, SFTCollator, pack_examples
 from model import add_lora, enable_packing
+from train_tokenizer import train_tokenizer
 
 
 @dataclass
@@ -46,6 +47,10 @@ class BenchArguments:
     serve_envs: str = field(default="default,OMP_WAIT_POLICY=ACTIVE", metadata={
         "help": "comma-separated environments of the serving arm: default (serve.py's own) or VAR=value"})
     serve_script: str = field(default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"))
+
+    def __post_init__(self):
+        if self.only not in (None, "throughput", "memory", "serving"):
+            raise SystemExit(f"--only: {self.only!r}. Fix: throughput, memory or serving (omit it for all three)")
 
 
 def sample_lengths(n, max_length, seed=0):
@@ -160,15 +165,7 @@ def memory_arm(args) -> dict:
 
 def _serving_model_dir(args, path: str) -> None:
     """A BLOOM of the throughput arm's size whose EOS is never generated (every answer is serve_tokens long)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["Human: 你好，今天天气怎么样？\n\nAssistant: 很好。"] * 10, trainer=trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+    tok = train_tokenizer(["Human: 你好，今天天气怎么样？\n\nAssistant: 很好。"] * 10, vocab_size=400)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(BloomConfig(
         vocab_size=len(tok), hidden_size=args.hidden_size, n_layer=args.n_layer, n_head=8, initializer_range=0.5,
@@ -231,38 +228,48 @@ def serving(args) -> dict:
     return result
 
 
+def memory(args) -> dict:
+    """Each arm in a fresh process (peak memory of one process, nothing shared)."""
+    result = {}
+    for arm in ("full", "lora"):
+        out = subprocess.run([sys.executable, __file__, "--memory_arm", arm,
+                              "--memory_hidden_size", str(args.memory_hidden_size),
+                              "--memory_n_layer", str(args.memory_n_layer), "--vocab_size", str(args.vocab_size)],
+                             capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        result[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["lora_over_full"] = round(result["lora"]["peak_bytes"] / result["full"]["peak_bytes"], 3)
+    return result
+
+
+def report(result: dict, args) -> None:
+    if "throughput" in result:
+        t = result["throughput"]
+        print(f"{'arm':<16}{'tokens/s':>12}{'padding':>10}{'seconds':>10}")
+        for arm in ("pad_to_longest", "packing"):
+            print(f"{arm:<16}{t[arm]['effective_tokens_per_s']:>12}{t[arm]['padding_share']:>10}{t[arm]['seconds']:>10}")
+        print(f"packing speedup: {t['speedup']}x (target >= 1.5x)")
+    if "memory" in result:
+        m = result["memory"]
+        for arm in ("full", "lora"):
+            print(f"{arm:<6} peak {m[arm]['peak_bytes'] / 2**20:8.1f} MiB, trainable {m[arm]['trainable_params']:,}")
+        print(f"LoRA / full peak memory: {m['lora_over_full']} (target <= 0.5); method: {m['full']['method']}")
+    if "serving" in result:
+        sv = result["serving"]
+        for name in args.serve_envs.split(","):
+            print(f"serving {name:<24} non-streaming {sv[name]['non_streaming']}s  streaming {sv[name]['streaming']}s "
+                  f"({sv['tokens']} tokens; ratio {sv[name]['non_streaming_over_streaming']})")
+    print(json.dumps(result, indent=2))
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     if args.memory_arm:
         print(json.dumps(memory_arm(args)))
         return {}
-    if args.only == "serving":
-        result = {"serving": serving(args)}
-        print(json.dumps(result, indent=2))
-        return result
-    result = {"throughput": throughput(args), "memory": {}}
-    for arm in ("full", "lora"):
-        out = subprocess.run([sys.executable, __file__, "--memory_arm", arm,
-                              "--memory_hidden_size", str(args.memory_hidden_size),
-                              "--memory_n_layer", str(args.memory_n_layer), "--vocab_size", str(args.vocab_size)],
-                             capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-        result["memory"][arm] = json.loads(out.stdout.strip().splitlines()[-1])
-    m = result["memory"]
-    result["memory"]["lora_over_full"] = round(m["lora"]["peak_bytes"] / m["full"]["peak_bytes"], 3)
-    t = result["throughput"]
-    print(f"{'arm':<16}{'tokens/s':>12}{'padding':>10}{'seconds':>10}")
-    for arm in ("pad_to_longest", "packing"):
-        print(f"{arm:<16}{t[arm]['effective_tokens_per_s']:>12}{t[arm]['padding_share']:>10}{t[arm]['seconds']:>10}")
-    print(f"packing speedup: {t['speedup']}x (target >= 1.5x)")
-    for arm in ("full", "lora"):
-        print(f"{arm:<6} peak {m[arm]['peak_bytes'] / 2**20:8.1f} MiB, trainable {m[arm]['trainable_params']:,}")
-    print(f"LoRA / full peak memory: {m['lora_over_full']} (target <= 0.5); method: {m['full']['method']}")
-    result["serving"] = sv = serving(args)
-    for name in args.serve_envs.split(","):
-        print(f"serving {name:<24} non-streaming {sv[name]['non_streaming']}s  streaming {sv[name]['streaming']}s "
-              f"({sv['tokens']} tokens; ratio {sv[name]['non_streaming_over_streaming']})")
-    print(json.dumps(result, indent=2))
+    arms = {"throughput": throughput, "memory": memory, "serving": serving}
+    result = {name: run(args) for name, run in arms.items() if args.only in (None, name)}
+    report(result, args)
     return result
 
 

@@ -13,6 +13,7 @@ with no question shared between splits.
     python clean_data.py                                   # offline default -> data/cache/clean
     python clean_data.py --input belle.json sharegpt.jsonl --output_dir data/cache/mine
 """
+import dataclasses
 import datetime
 import gzip
 import hashlib
@@ -113,7 +114,7 @@ def _first_byte(path: Path) -> bytes:
     return head[:1]
 
 
-def _json_array(text: str, path: Path):
+def _json_array(text: str):
     """Yield (line where the record's object starts, record) from a JSON array, record by record."""
     decoder = json.JSONDecoder()
     ws = re.compile(r"[ \t\r\n]*")
@@ -174,7 +175,7 @@ def read_records(path: Path, encoding: str = "utf-8"):
             line = raw.count(b"\n", 0, e.start) + 1
             raise SystemExit(_encoding_message(path, encoding, f"a JSON array with bytes that are not {encoding} "
                                                f"(line {line})", raw[:2000]))
-        yield from _json_array(text, path)
+        yield from _json_array(text)
         return
     if name.endswith(".json"):  # a single JSON object is a mistake; anything else is read as JSONL
         with _open_binary(path) as f:
@@ -312,13 +313,13 @@ def clean(files: list[Path], max_chars: int, encoding: str = "utf-8"):
         rejects.append({"file": str(path), "line": line, "reason": reason, "detail": detail, "text": text})
 
     for path in files:
-        n_file, n_format, n_encoding, first_error = 0, 0, 0, None
+        n_records, n_format, n_encoding, first_error = 0, 0, 0, None
         for line, rec, raw in read_records(path, encoding):
             read += 1
-            n_file += 1
             if rec is None:
                 reject(path, line, "empty", "blank line", "")
                 continue
+            n_records += 1
             if isinstance(rec, BadEncoding):
                 n_encoding += 1
                 reject(path, line, "bad_encoding", f"{rec}. Fix: pass --encoding", raw)
@@ -345,12 +346,11 @@ def clean(files: list[Path], max_chars: int, encoding: str = "utf-8"):
             if isinstance(rec, dict) and "task" in rec:
                 out["task"] = rec["task"]
             kept.append(out)
-        records = n_file - sum(1 for r in rejects[-n_file:] if r["reason"] == "empty") if n_file else 0
-        if records and n_encoding == records:
+        if n_records and n_encoding == n_records:
             with _open_binary(path) as f:
                 sample = f.read(2000)
-            problems.append(_encoding_message(path, encoding, f"none of its {records} lines decodes", sample))
-        elif records and n_format + n_encoding == records:
+            problems.append(_encoding_message(path, encoding, f"none of its {n_records} lines decodes", sample))
+        elif n_records and n_format + n_encoding == n_records:
             problems.append(f"--input: no record of {path} has a supported shape; first problem: {first_error}. "
                             f"Fix: convert the file to Alpaca/BELLE, sharegpt or OpenAI messages records")
     summary = {"read": read, "kept": len(kept), "rejected": len(rejects), "reasons": dict(reasons)}
@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_jsonl(out / f"{name}.jsonl", rows)
     write_jsonl(out / "rejects.jsonl", rejects)
     summary["splits"] = {k: len(v) for k, v in parts.items()}
+    summary["args"] = dataclasses.asdict(args)  # what these outputs were made with
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     print(json.dumps(summary, ensure_ascii=False))
     if problems:

@@ -199,18 +199,19 @@ def tokenize_conversation(messages, tokenizer, template: ChatTemplate, max_lengt
     return {"input_ids": input_ids, "labels": labels}
 
 
+def tokenizer_texts(records: list[dict], template: "ChatTemplate"):
+    """The conversations as the model will see them (the template's text, no EOS): what the BPE is trained on."""
+    return ("".join(text for text, _ in render_segments(r["messages"], template, "")) for r in records)
+
+
 def read_clean_records(path) -> list[dict]:
     """Read a clean JSONL file written by clean_data.py."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"--train_file: {path} does not exist. Fix: run `python clean_data.py` first "
-                         f"or pass the path of a clean JSONL file")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:  # its existence was checked in DataArguments.__post_init__
         return [json.loads(line) for line in f if line.strip()]
 
 
 def build_sft_dataset(records: list[dict], tokenizer, template: ChatTemplate, max_length: int,
-                      packing: bool = False, num_proc: int | None = None):
+                      packing: bool = False):
     """records -> datasets.Dataset of {input_ids, labels, position_ids}; packed rows if `packing`.
 
     Returns (dataset, n_dropped) where n_dropped counts conversations whose first answer does not
@@ -229,7 +230,7 @@ def build_sft_dataset(records: list[dict], tokenizer, template: ChatTemplate, ma
                 out["labels"].append(ex["labels"])
         return out
 
-    ds = ds.map(tok, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc="tokenize")
+    ds = ds.map(tok, batched=True, remove_columns=ds.column_names, desc="tokenize")
     n_dropped = len(records) - len(ds)
     if packing:
         ds = ds.map(pack_examples, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
@@ -286,12 +287,9 @@ class SFTCollator:
     """
     pad_token_id: int
     packed: bool = False
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, features):
         longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
         def pad(key, value):
             return torch.tensor([list(f[key]) + [value] * (longest - len(f[key])) for f in features])

@@ -91,10 +91,13 @@ def check_model_path(model_name_or_path: str | None) -> None:
         if not (p / "config.json").exists():
             raise SystemExit(f"--model_name_or_path: {p} has no config.json. Fix: pass a directory written by "
                              f"save_pretrained (for a LoRA adapter run merge.py first)")
-        model_type = AutoConfig.from_pretrained(p).model_type
-        if model_type not in SUPPORTED:
-            raise SystemExit(f"--model_name_or_path: model_type {model_type!r} is not supported here. "
-                             f"Fix: use a {'/'.join(SUPPORTED)} checkpoint")
+        check_supported(AutoConfig.from_pretrained(p).model_type)
+
+
+def check_supported(model_type: str) -> None:
+    if model_type not in SUPPORTED:
+        raise SystemExit(f"--model_name_or_path: model_type {model_type!r} is not supported here. "
+                         f"Fix: use a {'/'.join(SUPPORTED)} checkpoint")
 
 
 def load_model(model_name_or_path: str | None, tokenizer, dtype=torch.float32, device_map=None):
@@ -103,12 +106,9 @@ def load_model(model_name_or_path: str | None, tokenizer, dtype=torch.float32, d
         config = BloomConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                              **SMALL_CONFIG)
-        torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)  # init from train.py's set_seed(--seed)
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype, device_map=device_map)
-    if model.config.model_type not in SUPPORTED:
-        raise SystemExit(f"--model_name_or_path: model_type {model.config.model_type!r} is not supported here. "
-                         f"Fix: use a {'/'.join(SUPPORTED)} checkpoint")
+    check_supported(model.config.model_type)
     n_emb = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > n_emb:
         raise SystemExit(f"--model_name_or_path: the tokenizer has {len(tokenizer)} tokens but the model embedding "

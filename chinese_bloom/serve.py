@@ -70,7 +70,8 @@ class ServeArguments:
         "help": "more characters get a 400 before tokenising (default 16 x max_prompt_tokens)"})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "larger request bodies get a 413"})
     max_queue: int = field(default=16, metadata={"help": "requests waiting for the model; more get a 503"})
-    num_gpus: int = field(default=0, metadata={"help": ">1: split the model over GPUs with device_map.py"})
+    num_gpus: int = field(default=0, metadata={"help": "0: CPU (fp32); 1: GPU 0 (bf16); >1: split the model over GPUs "
+                                                         "with device_map.py"})
 
     def __post_init__(self):
         if not 1 <= self.port <= 65535:
@@ -86,6 +87,12 @@ class ServeArguments:
         if self.max_prompt_chars < 1:
             raise SystemExit(f"--max_prompt_chars: {self.max_prompt_chars} must be > 0. Fix: pass a positive number")
         get_template(self.template)  # "--template: unknown template ..." for a bad name
+        if self.num_gpus > torch.cuda.device_count():
+            raise SystemExit(f"--num_gpus: {self.num_gpus} requested but {torch.cuda.device_count()} visible. "
+                             "Fix: lower --num_gpus (0 = CPU)")
+        if self.num_gpus > 1 and (Path(self.model_dir) / "adapter_config.json").exists():
+            raise SystemExit("--num_gpus: splitting over GPUs needs a full checkpoint, not a LoRA adapter. "
+                             "Fix: python merge.py --adapter_dir ... first and serve the merged dir")
         path = Path(self.model_dir)
         if not path.is_dir():
             raise SystemExit(f"--model_dir: {path} does not exist. Fix: train first (bash chinese_bloom/train.sh) "
@@ -634,19 +641,15 @@ def create_app(model, tokenizer, template, model_name: str = "zero_nlp", max_tok
 def main(argv: list[str] | None = None):
     (args,) = HfArgumentParser(ServeArguments).parse_args_into_dataclasses(argv)
     template = get_template(args.template)
-    device_map = None
-    if args.num_gpus > 1:
+    device_map, dtype = None, torch.float32
+    if args.num_gpus == 1:
+        device_map, dtype = {"": 0}, torch.bfloat16
+    elif args.num_gpus > 1:
         from transformers import AutoConfig
 
         from device_map import balanced_device_map
-        if (Path(args.model_dir) / "adapter_config.json").exists():
-            raise SystemExit("--num_gpus: splitting over GPUs needs a full checkpoint, not a LoRA adapter. "
-                             "Fix: python merge.py --adapter_dir ... first and serve the merged dir")
-        if torch.cuda.device_count() < args.num_gpus:
-            raise SystemExit(f"--num_gpus: {args.num_gpus} requested but {torch.cuda.device_count()} visible. "
-                             f"Fix: lower --num_gpus")
-        device_map = balanced_device_map(AutoConfig.from_pretrained(args.model_dir), args.num_gpus)
-    model, tokenizer = load_for_inference(args.model_dir, device_map=device_map)
+        device_map, dtype = balanced_device_map(AutoConfig.from_pretrained(args.model_dir), args.num_gpus), torch.bfloat16
+    model, tokenizer = load_for_inference(args.model_dir, dtype=dtype, device_map=device_map)
     app = create_app(model, tokenizer, template, args.model_name, args.max_tokens_cap, args.max_prompt_tokens,
                      args.max_prompt_chars, args.max_body_bytes, args.max_queue)
     run_server(app, args.host, args.port)

@@ -21,7 +21,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from dataset import (DataArguments, SFTCollator, build_prompt, build_sft_dataset, check_dropped, default_max_length,
-                     get_template, is_generated_task, read_clean_records, render_segments)
+                     get_template, is_generated_task, read_clean_records, tokenizer_texts)
 from model import (USER_DATA_TOKENIZER_VOCAB, TOKENIZER_VOCAB, ModelArguments, add_lora, enable_packing, generate,
                    is_offline_model, load_model, load_tokenizer)
 
@@ -187,15 +187,15 @@ def main(argv: list[str] | None = None) -> dict:
     check_args(model_args, data_args, training_args)
     template = get_template(model_args.template)
     set_seed(training_args.seed)
-    if not torch.cuda.is_available():  # more threads than half the cores mostly spin-wait on a busy CPU
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # train.sh sets it
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # more mostly spin-wait on a busy CPU
 
     # Data
     splits = load_splits(data_args)
     generated = is_generated_task(splits["train"])
 
     # Tokenizer and model
-    texts = ("".join(t for t, _ in render_segments(r["messages"], template, "")) for r in splits["train"])
+    texts = tokenizer_texts(splits["train"], template)
     vocab = model_args.tokenizer_vocab_size or (TOKENIZER_VOCAB if generated else USER_DATA_TOKENIZER_VOCAB)
     tokenizer = load_tokenizer(model_args.model_name_or_path, texts, vocab_size=vocab)
     dtype = torch.bfloat16 if training_args.bf16 and model_args.use_lora else torch.float32
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Training (one collator: packed rows and single unpacked samples alike)
     eval_records = splits["test"][:data_args.eval_samples]
+    model.to(training_args.device)  # generate where training will run (Trainer would move it only later)
     before = exact_match(model, tokenizer, eval_records, template, data_args.max_new_tokens)
     print(f"held-out exact match before training: {before['exact_match']:.3f}")
     trainer = Trainer(model=model, args=training_args, train_dataset=datasets["train"],
@@ -238,8 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_answers(f"a few of the {len(eval_records)} test answers", after)
 
     # Saving
-    trainer.save_model()  # LoRA: only adapter_model.safetensors + adapter_config.json
-    tokenizer.save_pretrained(training_args.output_dir)
+    trainer.save_model()  # + the tokenizer (processing_class); LoRA: only adapter_model.safetensors + adapter_config.json
     train_metrics = {"train_loss": train_result.training_loss,
                      "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
                      "global_step": trainer.state.global_step, "train_samples": len(splits["train"]) - dropped["train"],
@@ -258,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
             json.dumps(after["examples"], ensure_ascii=False, indent=2))
         plot_curves(trainer.state.log_history, Path(training_args.output_dir) / "curves.png",
                     loss_label="loss (answer tokens)")
+    # data parallel: every rank waits for rank 0's files, then leaves the process group (see CONVENTIONS.md §8)
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return {**train_metrics, **eval_metrics, **test_metrics}
 
 

@@ -24,6 +24,8 @@ class TokenizerArguments:
     output_dir: str = field(default=str(HERE / "outputs/tokenizer"))
 
     def __post_init__(self):
+        from dataset import get_template
+        get_template(self.template)  # "--template: unknown template ..." for a bad name
         if self.vocab_size < 300:
             raise SystemExit(f"--vocab_size: must be >= 300 (256 bytes + special tokens), got {self.vocab_size}. "
                              f"Fix: e.g. --vocab_size 8000")
@@ -31,7 +33,7 @@ class TokenizerArguments:
             raise SystemExit(f"--train_file: {self.train_file} does not exist. Fix: run `python clean_data.py` first")
 
 
-def train_tokenizer(texts, vocab_size: int = 1000):
+def train_tokenizer(texts, vocab_size: int = 800):
     """Byte-level BPE trained on `texts`; digits are split one by one (helps arithmetic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -49,13 +51,11 @@ def train_tokenizer(texts, vocab_size: int = 1000):
 
 
 def main(argv: list[str] | None = None):
-    from dataset import get_template, read_clean_records, render_segments
+    from dataset import get_template, read_clean_records, tokenizer_texts
 
     (args,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses(argv)
-    template = get_template(args.template)
-    records = read_clean_records(args.train_file)
-    texts = ("".join(t for t, _ in render_segments(r["messages"], template, "")) for r in records)
-    tok = train_tokenizer(texts, vocab_size=args.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(read_clean_records(args.train_file), get_template(args.template)),
+                          vocab_size=args.vocab_size)
     tok.save_pretrained(args.output_dir)
     print(f"tokenizer with {len(tok)} tokens -> {args.output_dir}")
     return tok

@@ -13,6 +13,7 @@ script exits with one line naming the likely cause (encoding, column names).
 """
 import codecs
 import csv
+import dataclasses
 import html
 import importlib.util
 import json
@@ -413,9 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
         "files": [str(f) for f in files], "encoding": args.encoding,
         "read": read, "kept": len(kept), "rejected": len(rejects), "reasons": dict(reasons.most_common()),
         "splits": {name: {"total": len(items), "per_label": per_label(items)} for name, items in splits.items()},
+        "args": dataclasses.asdict(args),  # what these outputs were made with
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(json.dumps({k: v for k, v in summary.items() if k != "files"}, ensure_ascii=False, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("files", "args")}, ensure_ascii=False, indent=2))
     if not splits:  # nothing (or one label) kept: no stale splits may stay behind for train.py
         for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "label_map.json"):
             (out / name).unlink(missing_ok=True)

@@ -261,6 +261,7 @@ def build_distillation_set(train_ds, data_args: DataArguments, tokenizer, n_labe
     n_clauses, budget = sum(map(len, clauses or [])), clause_budget(data_args, len(texts))
     if clauses and budget is not None:
         clauses = sample_clauses(clauses, budget, seed)
+    clauses = clauses if clauses and any(clauses) else None  # a budget of 0 = no clauses
     fitted = [out_of_fold_teacher(texts, y, n_labels, clauses=clauses) if is_main else None]
     if world_size > 1:
         torch.distributed.broadcast_object_list(fitted, src=0)

@@ -133,6 +133,8 @@ class ClassifierTrainingArguments(TrainingArguments):
                              "(a pretrained checkpoint)")
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise SystemExit(f"--num_train_epochs: {self.num_train_epochs} must be > 0. Fix: e.g. 3, or --max_steps")
+        if str(self.eval_strategy) == "no":
+            self.load_best_model_at_end = False  # nothing to pick the best from (TrainingArguments would raise)
         super().__post_init__()
         self.resume_from_checkpoint = resolve_resume(self.resume_from_checkpoint, self.output_dir)
 

@@ -32,6 +32,10 @@ class ModelArguments:
             if value and looks_local(value) and not Path(value).exists():
                 raise SystemExit(f"--{name}: {value} does not exist. Fix: pass a directory saved with "
                                  "save_pretrained (or a Hub id such as Qwen/Qwen2-0.5B, with network access)")
+        if self.model_name_or_path and (self.config_name or self.config_overrides):
+            name = "config_name" if self.config_name else "config_overrides"
+            raise SystemExit(f"--{name}: only for training from scratch; --model_name_or_path loads its own config. "
+                             f"Fix: drop --{name} (or --model_name_or_path)")
         if not self.model_name_or_path and not self.config_name and self.model_type not in CAUSAL_LM_TYPES:
             raise SystemExit(f"--model_type: '{self.model_type}' is not a causal-LM model type. Fix: one of "
                              "llama, gpt2, bloom, qwen2, mistral, ... (or --config_name / --model_name_or_path)")

@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
         plot_curves(trainer.state.log_history, Path(args.output_dir) / "curves.png",
                     loss_label="cross-entropy (nats/token)")
         print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+    # data parallel: every rank waits for rank 0's files, then leaves the process group (see CONVENTIONS.md §8)
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return {**metrics, "train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history}
 

@@ -130,3 +130,16 @@ def test_default_max_length_follows_user_data():
     mid = [{"messages": [{"role": "user", "content": "问" * 50}, {"role": "assistant", "content": "答" * 50}]}] * 10
     assert 128 < default_max_length(mid, tok, TEMPLATES["belle"]) < 1024
     assert default_max_length([{**r, "task": "add"} for r in mid], tok, TEMPLATES["belle"]) == 128
+
+
+def test_a_good_file_after_one_with_blank_lines_is_not_called_undecodable(tmp_path):
+    """Blank lines were counted from the rejects of all files so far: b.jsonl (2 good records, 1 bad line) after
+    a.jsonl (4 blank lines) was reported as 'none of its lines decodes' and the run stopped."""
+    good = json.dumps({"instruction": "你好", "output": "你好！"}, ensure_ascii=False)
+    (tmp_path / "a.jsonl").write_text("\n\n\n\n" + good + "\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"instruction": "早上好", "output": "早！"}, ensure_ascii=False) + "\n"
+                                      + json.dumps({"instruction": "晚上好", "output": "晚安"}, ensure_ascii=False) + "\n"
+                                      + "{not json\n", encoding="utf-8")
+    summary = clean_data.main(["--input", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                               "--output_dir", str(tmp_path / "out")])
+    assert (summary["read"], summary["kept"], summary["reasons"]) == (8, 3, {"empty": 4, "format_error": 1})

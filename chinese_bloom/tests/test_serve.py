@@ -399,6 +399,9 @@ def test_default_paths_are_relative_to_the_folder():
     (["--max_queue", "-1"], "--max_queue"),
     (["--max_body_bytes", "0"], "--max_body_bytes"),
     (["--template", "nope"], "--template"),
+    (["--num_gpus", "-1"], "--num_gpus"),
+    pytest.param(["--num_gpus", "1"], "--num_gpus: 1 requested but 0 visible",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
 ])
 def test_bad_arguments_fail_before_loading(tmp_path, argv, match):
     (tmp_path / "config.json").write_text("{}")

@@ -95,3 +95,24 @@ def test_verdict_names_the_winner_and_the_next_command():
     lost = train.verdict({"test_accuracy": 0.84, "baseline_tfidf_lr_accuracy": 0.87}, from_scratch=True)
     assert "the model wins" in won and "TF-IDF+LR baseline wins" in lost
     assert "MODEL=hfl/chinese-roberta-wwm-ext bash chinese_classifier/train.sh" in lost
+
+
+def test_a_clause_budget_of_zero_adds_no_clauses(tiny_data):
+    """--distill_max_clauses 0 / --distill_clauses_per_text 0 (documented as off) crashed in datasets.map on an
+    empty clause list."""
+    import datasets
+    import dataset
+    texts = [f"房间{'很干净' if i % 2 else '太脏了'}，服务{'很好' if i % 2 else '很差'}，下次{'还来' if i % 2 else '不来'}{i}"
+             for i in range(30)]
+    train_ds = datasets.Dataset.from_dict({"text": texts, "labels": [i % 2 for i in range(30)]})
+    for kw in ({"distill_max_clauses": 0}, {"distill_clauses_per_text": 0.0}):
+        args = dataset.DataArguments(data_dir=str(tiny_data), distill_alpha=0.5, **kw)
+        out = dataset.build_distillation_set(train_ds, args, tokenizer=None, n_labels=2, seed=0, log=lambda *_: None)
+        assert len(out) == 30 and all(abs(sum(p) - 1) < 1e-5 for p in out["labels"])
+
+
+def test_eval_strategy_no_turns_off_best_model_selection(tmp_path):
+    """--eval_strategy no raised deep inside TrainingArguments (load_best_model_at_end needs evaluations)."""
+    (args,) = train.HfArgumentParser(train.ClassifierTrainingArguments).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--eval_strategy", "no", "--save_strategy", "no"])
+    assert args.load_best_model_at_end is False

@@ -36,6 +36,8 @@ TRAIN_CASES = [
     (["--model_type", "no-such-model"], "--model_type"),
     (["--config_name", "/nonexistent"], "--config_name"),
     (["--model_name_or_path", "/nonexistent/model"], "--model_name_or_path"),
+    (["--model_name_or_path", "Qwen/Qwen2-0.5B", "--config_overrides", "num_hidden_layers=2"], "--config_overrides"),
+    (["--model_name_or_path", "Qwen/Qwen2-0.5B", "--config_name", "gpt2"], "--config_name"),
     (["--tokenizer_name_or_path", "./no/such/tokenizer"], "--tokenizer_name_or_path"),
     (["--block_size", "-8"], "--block_size"),
     (["--block_size", "0"], "--block_size"),  # was: silently the meta.json default
