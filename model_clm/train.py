@@ -33,16 +33,16 @@ class CLMTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = 16
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
-    max_steps: int = 1200
+    max_steps: int = 700
     num_train_epochs: float = 1.0
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.03
     logging_steps: int = 20
     eval_strategy: str = "steps"
-    eval_steps: float = 200
+    eval_steps: float = 175
     eval_on_start: bool = field(default=True, metadata={"help": "evaluate the untrained model (init_perplexity); "
                                                                 "off when resuming"})
-    save_steps: float = 200
+    save_steps: float = 175
     save_total_limit: int | None = 2
     report_to: None | str | list[str] = "tensorboard"
     dataloader_pin_memory: bool = torch.cuda.is_available()
