@@ -12,6 +12,7 @@ exists: a killed run resumes where it stopped and never trusts a half-written fi
 Outputs: train-00000.jsonl ..., validation-00000.jsonl ..., rejects.jsonl (a sample per reason and shard),
 summary.json (complete counts; kept + rejected = read).
 """
+import codecs
 import gzip
 import hashlib
 import json
@@ -38,6 +39,7 @@ class CleanArguments:
     input: str = field(default=str(DEFAULT_RAW), metadata={"help": "file or directory of shards"})
     output_dir: str = field(default=str(HERE / "data/cache/people_daily/clean"))
     text_field: str = field(default="text", metadata={"help": "json/parquet field that holds the text"})
+    encoding: str = field(default="utf-8", metadata={"help": "of the .txt/.json/.jsonl shards, e.g. gb18030 for GBK"})
     min_chars: int = 5
     max_chars: int = 100_000
     min_chinese_ratio: float = field(default=0.3, metadata={"help": "0 disables; share of CJK chars"})
@@ -52,6 +54,10 @@ class CleanArguments:
         for name in ("min_chars", "max_chars", "num_workers"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0.")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise SystemExit(f"--encoding: unknown encoding {self.encoding!r}. Fix: e.g. --encoding utf-8 or gb18030") from None
         if not self.text_field:
             raise SystemExit("--text_field: empty. Fix: the json/parquet field that holds the text, e.g. --text_field text")
 
@@ -59,7 +65,7 @@ class CleanArguments:
         """What a shard's stage-1 result depends on: the file and every argument that filters or reads it."""
         st = src.stat()
         return _sha({"file": str(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     **{k: getattr(self, k) for k in ("text_field", "min_chars", "max_chars", "min_chinese_ratio",
+                     **{k: getattr(self, k) for k in ("text_field", "encoding", "min_chars", "max_chars", "min_chinese_ratio",
                                                        "max_repeat_ratio", "rejects_per_reason")}})
 
 
@@ -108,13 +114,13 @@ def list_shards(path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name.removesuffix(".gz").endswith(SHARD_SUFFIXES))
 
 
-def iter_records(path: Path, text_field: str = "text"):
+def iter_records(path: Path, text_field: str = "text", encoding: str = "utf-8"):
     """Yield (line_no, text, reason, detail) for every record of one shard; 1-based line (row for parquet).
 
     A bad record yields text=None, a reason code and a human detail; a truncated .gz or an unreadable parquet
     stops the shard with one 'bad_file' record. A `.json` file whose first character is '[' is a JSON array
     (read whole; line = where each record's object starts); any other .json/.jsonl is one object a line.
-    A UTF-8 byte order mark at the start of a file is dropped.
+    A UTF-8 byte order mark at the start of a file is dropped; a line that does not decode is one 'bad_encoding'.
     """
     name = path.name.removesuffix(".gz")
     if name.endswith(".parquet"):
@@ -128,15 +134,15 @@ def iter_records(path: Path, text_field: str = "text"):
             head = f.read(4096)
             f.seek(0)
             if name.endswith(".json") and head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
-                yield from _iter_json_array(f.read(), text_field)
+                yield from _iter_json_array(f.read(), text_field, encoding)
                 return
             for line_no, raw in enumerate(f, 1):
                 if line_no == 1:
                     raw = raw.removeprefix(b"\xef\xbb\xbf")
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode(encoding)
                 except UnicodeDecodeError as e:
-                    yield line_no, None, "bad_utf8", f"not UTF-8 ({e.reason} at byte {e.start})"
+                    yield line_no, None, "bad_encoding", f"not {encoding} ({e.reason} at byte {e.start})"
                     continue
                 if not is_json:
                     yield line_no, line.rstrip("\r\n"), None, ""
@@ -165,11 +171,11 @@ def _field_of(record, text_field: str) -> tuple:
     return None, "missing_field", f"field '{text_field}' is a {type(text).__name__}, not a string"
 
 
-def _iter_json_array(data: bytes, text_field: str):
+def _iter_json_array(data: bytes, text_field: str, encoding: str = "utf-8"):
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except UnicodeDecodeError as e:
-        yield 1, None, "bad_utf8", f"JSON array file is not UTF-8 ({e.reason} at byte {e.start})"
+        yield 1, None, "bad_encoding", f"JSON array file is not {encoding} ({e.reason} at byte {e.start})"
         return
     decoder, i = json.JSONDecoder(), text.index("[") + 1
     line = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
@@ -258,7 +264,7 @@ def _stage1(task):
 
     def write_candidates(f):
         nonlocal read
-        for line_no, text, err, detail in iter_records(src, args.text_field):
+        for line_no, text, err, detail in iter_records(src, args.text_field, args.encoding):
             read += 1
             if text is not None:
                 text = normalize(text)
@@ -399,8 +405,9 @@ def likely_cause(rejected: dict, args: CleanArguments) -> str:
     top = max(rejected, key=rejected.get) if rejected else None
     if top in ("missing_field", "bad_file"):
         return f"--text_field {args.text_field!r} is not the field/column that holds the text (see 'detail')"
-    if top == "bad_utf8":
-        return "the files are not UTF-8 (e.g. GBK): convert them, e.g. iconv -f GBK -t UTF-8"
+    if top == "bad_encoding":
+        return (f"the files are not {args.encoding}: pass their encoding, e.g. --encoding gb18030 for GBK"
+                if args.encoding == "utf-8" else f"the files are not {args.encoding}: pass their real --encoding")
     if top == "bad_json":
         return "the files are not JSON Lines (one object a line) nor a JSON array"
     if top in ("too_short", "too_long", "low_chinese_ratio", "repetitive"):

@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 
 RAW=${RAW:-data/cache/people_daily/raw}          # your shards: *.jsonl / *.json / *.txt / *.parquet (.gz ok)
 TEXT_FIELD=${TEXT_FIELD:-text}                   # json field / parquet column that holds the text
+ENCODING=${ENCODING:-utf-8}                      # of the text shards, e.g. gb18030 for GBK
 WORK=${WORK:-data/cache/people_daily}            # clean/, tokenizer/, tokens/ go here
 VOCAB_SIZE=${VOCAB_SIZE:-8192}                   # only when the tokenizer is trained here
 TOKENIZER=${TOKENIZER:-$WORK/tokenizer}          # or a Hub id / dir to continue a pretrained model
@@ -28,7 +29,7 @@ RUN=()
 if [ -n "$DRY_RUN" ]; then RUN=(echo); fi
 # <<< launcher
 
-"${RUN[@]}" python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD"
+"${RUN[@]}" python clean_data.py --input "$RAW" --output_dir "$WORK/clean" --text_field "$TEXT_FIELD" --encoding "$ENCODING"
 if [ "$TOKENIZER" = "$WORK/tokenizer" ]; then
   "${RUN[@]}" python train_tokenizer.py --input "$WORK/clean" --output_dir "$TOKENIZER" --vocab_size "$VOCAB_SIZE"
 fi

@@ -78,6 +78,7 @@ def test_missing_data_dir_before_loading(tmp_path, no_loading):
     ("dataset", ["--input", "/nonexistent"], "--input"),
     ("clean_data", ["--validation_ratio", "1.5"], "--validation_ratio"),
     ("clean_data", ["--min_chars", "0"], "--min_chars"),
+    ("clean_data", ["--encoding", "no-such-codec"], "--encoding"),
     ("train_tokenizer", ["--vocab_size", "10"], "--vocab_size"),
 ])
 def test_data_scripts_bad_argument_before_loading(pipeline, tmp_path, no_loading, main, extra, match):

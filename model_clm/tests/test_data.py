@@ -60,7 +60,7 @@ def test_corrupt_shards_reported_with_file_and_line_rest_processed(tmp_path):
     rejects = read_jsonl(out / "rejects.jsonl")
     where = {(Path(r["file"]).name, r["line"], r["reason"]) for r in rejects}
     assert ("a.jsonl", 3, "bad_json") in where
-    assert ("a.jsonl", 5, "bad_utf8") in where
+    assert ("a.jsonl", 5, "bad_encoding") in where
     assert ("a.jsonl", 6, "missing_field") in where
     assert ("b.jsonl.gz", 1, "duplicate") in where  # first occurrence (a.jsonl:1) wins
     assert any(f == "c.jsonl.gz" and r == "bad_file" for f, _, r in where)
@@ -189,7 +189,7 @@ def test_nothing_kept_writes_rejects_and_summary_and_names_the_cause(tmp_path, k
         cause = "--text_field"
     else:
         (raw / "a.txt").write_bytes("".join(d + "\n" for d in docs).encode("gbk"))
-        cause = "UTF-8"
+        cause = "--encoding gb18030"
     out = tmp_path / "clean"
     with pytest.raises(SystemExit, match="nothing kept") as e:
         clean_data.main(["--input", str(raw), "--output_dir", str(out), "--num_workers", "1"])
@@ -200,6 +200,10 @@ def test_nothing_kept_writes_rejects_and_summary_and_names_the_cause(tmp_path, k
     assert rejects and all(r["detail"] for r in rejects)
     if kind != "gbk":
         assert any("title" in r["detail"] or "content" in r["detail"] for r in rejects)  # the field found
+    else:  # the fix the message names works: the same run with --encoding keeps every document
+        fixed = clean_data.main(["--input", str(raw), "--output_dir", str(out), "--num_workers", "1",
+                                 "--encoding", "gb18030", "--validation_ratio", "0"])
+        assert fixed["kept"] == 3 and fixed["args"]["encoding"] == "gb18030"
 
 
 def test_rerun_with_corrected_arguments_redoes_the_stages(tmp_path):
