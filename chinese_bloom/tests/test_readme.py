@@ -161,20 +161,23 @@ def test_readme_clean_command_runs_as_written(copied):
     assert summary["kept"] == 50 and summary["kept"] + summary["rejected"] == summary["read"]
 
 
-def test_readme_user_data_train_sh_runs_as_written(copied):
+@pytest.fixture(scope="module")
+def user_data_run(copied) -> subprocess.CompletedProcess:
     """`TRAIN_FILE=data/my_sft.json bash train.sh` for real (budget appended): clean -> full -> LoRA -> merge."""
     (command,) = [c for b in BLOCKS for c in commands(b) if c.startswith("TRAIN_FILE=data/my_sft.json bash train.sh")]
-    result = run(command + " " + " ".join(BUDGET), copied / "chinese_bloom")
+    return run(command + " " + " ".join(BUDGET), copied / "chinese_bloom")
+
+
+def test_readme_user_data_train_sh_runs_as_written(copied, user_data_run):
+    result = user_data_run
     out = copied / "chinese_bloom/outputs"
     assert (out / "bloom_lora/adapter_config.json").is_file() and (out / "bloom_merged/model.safetensors").is_file()
     assert "bloom_lora: held-out exact match" in result.stdout
     assert json.loads((out / "bloom_full/train_results.json").read_text())["train_samples"] > 50
 
 
-def test_readme_gpu_and_hub_commands_stop_with_one_line_on_cpu(copied):
-    """As written on this CPU machine without a Hub: one clear line before anything is loaded."""
-    if not (copied / "chinese_bloom/data/cache/clean/train.jsonl").is_file():
-        pytest.skip("needs the clean data of the tests above")
+def test_readme_gpu_and_hub_commands_stop_with_one_line_on_cpu(copied, user_data_run):
+    """As written on this CPU machine without a Hub (on the user-data run's clean data): one clear line."""
     gpu = [c for b in BLOCKS for c in commands(b) if "--bf16" in c and " ... " not in c]
     assert len(gpu) >= 3
     argvs = []
@@ -192,12 +195,10 @@ def test_readme_gpu_and_hub_commands_stop_with_one_line_on_cpu(copied):
         assert (FOLDER / name).is_file(), name
 
 
-def test_readme_serve_commands_answer_the_openai_client(copied, server_process):
+def test_readme_serve_commands_answer_the_openai_client(copied, user_data_run, server_process):
     """Every README serve.py command (another free port appended) on what the user-data run trained; SIGTERM
     stops it within seconds."""
     from openai import OpenAI
-    if not (copied / "chinese_bloom/outputs/bloom_merged/model.safetensors").is_file():
-        pytest.skip("needs test_readme_user_data_train_sh_runs_as_written's models")
     served = [c for b in BLOCKS for c in commands(b) if re.match(r"python (chinese_bloom/)?serve.py", c)]
     assert len(served) == 3
     for command in served:

@@ -154,11 +154,17 @@ def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def test_readme_step_by_step_commands_run_as_written(copied):
-    """The four scripts one by one (README block 2), then the other-architecture command, in the copy."""
+@pytest.fixture(scope="module")
+def step_by_step(copied) -> Path:
+    """The four scripts one by one (README block 2) in the copy -> its outputs/clm."""
     (block,) = [b for b in BLOCKS if b.startswith("python clean_data.py ")]
     run_block(block, copied / "model_clm")
-    out = copied / "model_clm/outputs/clm"
+    return copied / "model_clm/outputs/clm"
+
+
+def test_readme_step_by_step_commands_run_as_written(copied, step_by_step):
+    """The step-by-step block, then the other-architecture command (it overwrites outputs/clm), in the copy."""
+    out = step_by_step
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["unigram_perplexity"] > 100 and (out / "model.safetensors").is_file()
     meta = json.loads((copied / "model_clm/data/cache/people_daily/tokens/meta.json").read_text())
@@ -169,12 +175,10 @@ def test_readme_step_by_step_commands_run_as_written(copied):
     assert (config["model_type"], config["hidden_size"], config["num_hidden_layers"]) == ("qwen2", 512, 8)
 
 
-def test_readme_serve_commands_answer_the_openai_client(copied, server_process):
-    """README's serve.py commands from the copy's repo root (another free port appended), on the model the
-    step-by-step test trained into model_clm/outputs/clm; SIGTERM stops them within seconds."""
+def test_readme_serve_commands_answer_the_openai_client(copied, step_by_step, server_process):
+    """README's serve.py commands from the copy's repo root (another free port appended), on the model in
+    model_clm/outputs/clm (the step-by-step run's, or the qwen2 one if that test ran first); SIGTERM stops them."""
     from openai import OpenAI
-    if not (copied / "model_clm/outputs/clm/model.safetensors").is_file():
-        pytest.skip("needs test_readme_step_by_step_commands_run_as_written's model")
     served = [c for b in BLOCKS for c in commands(b) if c.startswith("python model_clm/serve.py")]
     assert len(served) == 2
     for command in served:
