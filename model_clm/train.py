@@ -33,24 +33,35 @@ class CLMTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = 16
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
-    max_steps: int = 700
+    adam_beta2: float = 0.95
+    max_steps: int = 600
     num_train_epochs: float = 1.0
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = 0.03
     logging_steps: int = 20
     eval_strategy: str = "steps"
-    eval_steps: float = 175
+    eval_steps: float = 150
     eval_on_start: bool = field(default=True, metadata={"help": "evaluate the untrained model (init_perplexity); "
                                                                 "off when resuming"})
-    save_steps: float = 175
+    save_steps: float = 150
     save_total_limit: int | None = 2
     report_to: None | str | list[str] = "tensorboard"
     dataloader_pin_memory: bool = torch.cuda.is_available()
     ddp_find_unused_parameters: bool | None = False
     seed: int = 42
+    use_muon: bool | None = field(default=None, metadata={
+        "help": "torch.optim.Muon for the weight matrices of the transformer blocks, AdamW (--learning_rate) for "
+                "embeddings, head, norms and biases. Default: on from scratch, off when continuing a pretrained "
+                "model (--model_name_or_path) or under --deepspeed (which builds its own optimizer)"})
+    muon_learning_rate: float = field(default=0.02, metadata={"help": "Muon's lr (follows the same schedule)"})
 
     def __post_init__(self):
         check_device_flags(self)
+        if self.use_muon and self.deepspeed:
+            raise SystemExit("--use_muon: DeepSpeed builds its own optimizer from its config, so Muon cannot be used "
+                             "with --deepspeed. Fix: --use_muon false, or torchrun without --deepspeed")
+        if self.muon_learning_rate <= 0:
+            raise SystemExit(f"--muon_learning_rate: {self.muon_learning_rate} must be > 0. Fix: e.g. 0.02")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0. Fix: e.g. --{name} 16")
@@ -133,11 +144,56 @@ def plot_curves(log_history: list[dict], path, metrics: tuple[str, ...] = (), lo
     plt.close(fig)
 
 
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon (torch.optim.Muon: momentum, then the update matrix orthogonalised by Newton-Schulz) for the 2-D weights
+    of Linear layers, AdamW for everything Muon is not meant for: embeddings (and the head tied to them), the
+    output head, norms, biases. One optimizer object so that Trainer's lr schedule, checkpoints and resume see both."""
+
+    def __init__(self, model, lr: float, muon_lr: float, weight_decay: float, betas=(0.9, 0.95)):
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        head = model.get_output_embeddings()
+        embeddings |= {id(head.weight)} if head is not None else set()
+        params = [p for p in model.parameters() if p.requires_grad]
+        matrices = [p for p in params if p.ndim == 2 and id(p) not in embeddings]
+        others = [p for p in params if p.ndim != 2 or id(p) in embeddings]
+        # AdamW first: Trainer logs the first group's lr, which is then --learning_rate's
+        self.optimizers = [torch.optim.AdamW(others, lr=lr, betas=betas, weight_decay=0.0),
+                           torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="original")]
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
+        self.defaults, self.state = {}, {}
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for opt, state in zip(self.optimizers, state_dict["optimizers"]):
+            opt.load_state_dict(state)
+
+
 class CLMTrainer(Trainer):
-    """Trainer whose train sampler is the deterministic EpochShuffleSampler(seed)."""
+    """Trainer whose train sampler is the deterministic EpochShuffleSampler(seed), with MuonWithAdamW (--use_muon)."""
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochShuffleSampler(len(train_dataset or self.train_dataset), self.args.seed)
+
+    def create_optimizer(self, model=None):
+        if self.args.use_muon and self.optimizer is None:
+            a = self.args
+            self.optimizer = MuonWithAdamW(self.model, a.learning_rate, a.muon_learning_rate, a.weight_decay,
+                                           betas=(a.adam_beta1, a.adam_beta2))
+        return super().create_optimizer(model)
 
 
 def find_sampler(loader) -> EpochShuffleSampler:
@@ -205,6 +261,8 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, args: CLMTr
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = HfArgumentParser(
         (ModelArguments, DataArguments, CLMTrainingArguments)).parse_args_into_dataclasses(args=argv)
+    if args.use_muon is None:  # late default: Muon trains from scratch; a pretrained model keeps its AdamW recipe
+        args.use_muon = model_args.model_name_or_path is None and not args.deepspeed
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # train.sh sets it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
 

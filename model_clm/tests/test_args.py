@@ -46,6 +46,7 @@ TRAIN_CASES = [
     (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
     (["--learning_rate", "-1"], "--learning_rate"),
+    (["--muon_learning_rate", "0"], "--muon_learning_rate"),
     (["--bf16", "t"], "--bf16"),
     (["--bf16"], "--bf16"),
     (["--bf16=True"], "--bf16"),
