@@ -107,6 +107,8 @@ def tokenize_conversation(messages, tokenizer, template: str, max_length: int):
     fits, returns None (the caller counts it as dropped): cutting an answer would teach the model to stop
     mid-sentence without its terminator.
     """
+    while messages and messages[-1]["role"] != "assistant":  # a trailing question has no answer to learn
+        messages = messages[:-1]
     input_ids, labels = [], []
     pending_ids, pending_labels = [], []
     kept_any_answer = False
