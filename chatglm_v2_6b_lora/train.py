@@ -28,20 +28,14 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from dataset import (DataArguments, SFTCollator, build_sft_dataset, check_dropped, default_max_length,
                      is_generated_task, left_pad, read_clean_records, tokenizer_texts)
-from model import (ModelArguments, add_lora, convert_chatglm, load_model, load_tokenizer, resolve_model_dir,
-                   write_tiny_official)
+from model import (SMALL_CONFIG, TOKENIZER_VOCAB, ModelArguments, add_lora, convert_chatglm, load_model,
+                   load_tokenizer, resolve_model_dir, write_tiny_official)
 from tokenization import detect_template, prompt_ids, stop_ids
 
 HERE = Path(__file__).resolve().parent
-# the offline default, in the official ChatGLM2 config names (6B: 4096 / 28 / 32 / 2 / 128 / 13696)
-TINY = dict(hidden_size=128, num_layers=4, num_attention_heads=4, multi_query_group_num=2, kv_channels=32,
-            ffn_hidden_size=344, seq_length=512)
-LR_OFFLINE = 1e-3                 # the offline tiny ChatGLM, full or LoRA (measured: README)
+LR_OFFLINE = 1e-3                 # the offline tiny ChatGLM (model.SMALL_CONFIG), full or LoRA (measured: README)
 EPOCHS_FULL, EPOCHS_LORA = 15, 4  # offline: from scratch / LoRA on it
-TOKENIZER_VOCAB = 800             # SentencePiece pieces for the generated task (specials come after them)
-USER_DATA_LR_OFFLINE = 1e-3                 # the offline tiny ChatGLM, full or LoRA (measured: README)
-EPOCHS_FULL, EPOCHS_LORA = 15, 4  # offline: from scratch / LoRA on it
-TOKENIZER_VOCAB = 8000  # offline model on your own data: real Chinese text needs thousands of pieces
+USER_DATA_TOKENIZER_VOCAB = 8000  # offline model on your own data: real Chinese text needs thousands of pieces
 
 
 # Copied from chinese_classifier/train.py:resolve_resume
@@ -149,7 +143,7 @@ class SFTTrainingArguments(TrainingArguments):
 
 
 def is_offline_model(model_name_or_path: str | None) -> bool:
-    """True for the tiny ChatGLM2 of TINY: built here (None), or a checkpoint of it (official or converted)."""
+    """True for the tiny ChatGLM2 of model.SMALL_CONFIG: built here (None), or a checkpoint of it."""
     if model_name_or_path is None:
         return True
     config = Path(model_name_or_path) / "config.json"
@@ -157,29 +151,31 @@ def is_offline_model(model_name_or_path: str | None) -> bool:
         return False
     c = json.loads(config.read_text())
     hidden, layers = c.get("hidden_size"), c.get("num_hidden_layers", c.get("num_layers"))
-    return (hidden, layers) == (TINY["hidden_size"], TINY["num_layers"])
+    return (hidden, layers) == (SMALL_CONFIG["hidden_size"], SMALL_CONFIG["num_layers"])
 
 
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: SFTTrainingArguments) -> None:
     """Late defaults that need two argument groups."""
     offline = is_offline_model(model_args.model_name_or_path)
-    if model_args.use_lora is None:  # LoRA on a checkpoint; the random offline model is trained fully first
-        model_args.use_lora = model_args.model_name_or_path is not None
+    if model_args.model_name_or_path is None and model_args.use_lora:
+        # TEMPORARY until ModelArguments.use_lora gets the late default None: the random model is trained fully
+        model_args.use_lora = False
     if training_args.learning_rate is None:
         training_args.learning_rate = LR_OFFLINE if offline else 2e-4 if model_args.use_lora else 2e-5
     if training_args.num_train_epochs is None:
         training_args.num_train_epochs = (EPOCHS_LORA if model_args.use_lora else EPOCHS_FULL) if offline else 3
 
 
-def build_offline_base(texts, out_dir: Path, vocab_size: int) -> str:
+def build_offline_base(texts, out_dir: Path, vocab_size: int, seed: int) -> str:
     """tokenizer (SentencePiece, ChatGLM special layout) -> tiny official ChatGLM2 checkpoint -> converted dir.
 
-    The random init follows --seed (set_seed before this). Returns the converted GlmForCausalLM directory.
+    The official-format checkpoint (random init from `seed`, sharded .bin) goes through the same convert_chatglm
+    as a real one. Returns the converted GlmForCausalLM directory.
     """
     from train_tokenizer import train_tokenizer
-    tokenizer_dir = train_tokenizer(list(texts), vocab_size, str(out_dir / "tokenizer"))
-    official = write_tiny_official(str(out_dir / "official"), str(Path(tokenizer_dir) / "tokenizer.model"), **TINY)
-    return convert_chatglm(official, str(out_dir / "converted"))
+    train_tokenizer(list(texts), vocab_size, out_dir / "tokenizer")
+    official = write_tiny_official(out_dir / "official", out_dir / "tokenizer" / "tokenizer.model", seed=seed)
+    return convert_chatglm(official, out_dir / "converted")
 
 
 @torch.no_grad()
@@ -250,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         vocab = model_args.tokenizer_vocab_size or (TOKENIZER_VOCAB if generated else USER_DATA_TOKENIZER_VOCAB)
         base = Path(training_args.output_dir) / "offline_base"
         with training_args.main_process_first(desc="offline base"):  # DDP: rank 0 builds it, the others load it
-            model_dir = (build_offline_base(tokenizer_texts(splits["train"]), base, vocab)
+            model_dir = (build_offline_base(tokenizer_texts(splits["train"]), base, vocab, training_args.seed)
                          if training_args.process_index == 0 else str(base / "converted"))
     else:
         model_dir = resolve_model_dir(model_args.model_name_or_path, model_args.cache_dir)
