@@ -228,7 +228,19 @@ def check_official_config(cfg: dict, src) -> None:
                          f"weights cannot be converted). Fix: use the full-precision THUDM/chatglm2-6b or chatglm3-6b")
 
 
-def convert_config(cfg: dict, eos_token_id: int | list[int] = EOS_ID) -> GlmConfig:
+def rope_parameters(cfg: dict, template: str = "chatglm2", modeling_code: str | None = None) -> dict:
+    """RoPE of the 32k variants, which use `rope_ratio` in two different ways (official modeling_chatglm.py):
+    ChatGLM3-6B-32k raises the base (`base = base * rope_ratio`), ChatGLM2-6B-32k interpolates the positions
+    (`seq_idx / rope_ratio`: transformers' "linear" RoPE). Without the code, the template decides."""
+    ratio = cfg.get("rope_ratio", 1)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    if ratio == 1:
+        return rope
+    linear = "/ self.rope_ratio" in modeling_code if modeling_code else template == "chatglm2"
+    return rope | ({"rope_type": "linear", "factor": float(ratio)} if linear else {"rope_theta": 10000.0 * ratio})
+
+
+def convert_config(cfg: dict, eos_token_id: int | list[int] = EOS_ID, rope: dict | None = None) -> GlmConfig:
     """The GlmConfig of an official config.json. Every field is set: GlmConfig's defaults are GLM-4-9B's."""
     heads = cfg["num_attention_heads"]
     return GlmConfig(
@@ -238,8 +250,7 @@ def convert_config(cfg: dict, eos_token_id: int | list[int] = EOS_ID) -> GlmConf
         head_dim=cfg["kv_channels"], hidden_act="silu", attention_dropout=cfg.get("attention_dropout", 0.0),
         max_position_embeddings=cfg["seq_length"], initializer_range=0.02, rms_norm_eps=cfg["layernorm_epsilon"],
         use_cache=True, tie_word_embeddings=False, attention_bias=cfg.get("add_qkv_bias", True),
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * cfg.get("rope_ratio", 1),
-                         "partial_rotary_factor": 0.5},
+        rope_parameters=rope or rope_parameters(cfg),
         pad_token_id=PAD_ID, eos_token_id=eos_token_id, bos_token_id=None, dtype=cfg.get("torch_dtype", "float32"),
         architectures=["GlmForCausalLM"])
 
@@ -348,7 +359,9 @@ def convert_chatglm(src_dir, out_dir, template: str | None = None) -> str:
         (out / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
     eos = stop_ids(tokenizer, template) if template == "chatglm3" else EOS_ID  # official chat's eos_token_id
-    config = convert_config(cfg, eos)
+    code = src / "modeling_chatglm.py"  # read as text to tell the two 32k RoPEs apart, never run
+    rope = rope_parameters(cfg, template, code.read_text(errors="replace") if code.is_file() else None)
+    config = convert_config(cfg, eos, rope)
     config.save_pretrained(out)
     GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=PAD_ID, do_sample=False).save_pretrained(out)
     tokenizer.save_pretrained(out)
