@@ -112,7 +112,6 @@ def check_messages(messages: list[dict], template: str) -> None:
 
 
 def _segments(tokenizer, messages: list[dict], template: str) -> list[tuple[list[int], bool]]:
-    check_messages(messages, template)
     segs = [(prefix_ids(tokenizer), False)]
     if template == "chatglm2":
         system = messages[0]["content"] + "\n\n" if messages and messages[0]["role"] == "system" else ""
@@ -152,6 +151,7 @@ def conversation_segments(tokenizer, messages: list[dict], template: str) -> lis
 
     The conversation must end with an assistant answer. Concatenated, the ids are the training input.
     """
+    check_messages(messages, template)
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("a training conversation must end with an assistant message")
     return _merge(_segments(tokenizer, messages, template))
@@ -159,6 +159,7 @@ def conversation_segments(tokenizer, messages: list[dict], template: str) -> lis
 
 def prompt_ids(tokenizer, messages: list[dict], template: str) -> list[int]:
     """The generation prompt: the conversation so far (ending with a user message) and the assistant prompt."""
+    check_messages(messages, template)
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("a generation prompt must end with a user message")
     ids = [i for seg, _ in _segments(tokenizer, messages, template) for i in seg]
