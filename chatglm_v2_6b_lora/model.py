@@ -469,18 +469,32 @@ def chat(model, tokenizer, query: str, history: list[dict] | None = None, templa
     return response, messages + [{"role": "assistant", "content": response}]
 
 
-@torch.no_grad()
 def stream_chat(model, tokenizer, query: str, history: list[dict] | None = None, template: str | None = None,
                 max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 0.8, top_p: float = 0.8, **gen):
-    """Yields (response_so_far, history) like the official model.stream_chat; the last one equals chat()'s."""
+    """Yields (response_so_far, history) like the official model.stream_chat; the last one equals chat()'s.
+
+    Like the official one, it decodes everything generated so far at each step and skips texts that end in an
+    incomplete character ("\ufffd"), so a character split over byte tokens never shows up half."""
+    from queue import Queue
     from threading import Thread
 
-    from transformers import TextIteratorStreamer
+    from transformers.generation.streamers import BaseStreamer
+
+    class Ids(BaseStreamer):  # hands generate()'s new token ids to this thread
+        def __init__(self):
+            self.queue, self.prompt_seen = Queue(), False
+
+        def put(self, value):
+            if self.prompt_seen:
+                self.queue.put(value.reshape(-1).tolist())
+            self.prompt_seen = True
+
+        def end(self):
+            self.queue.put(None)
 
     messages, template, ids = _chat_inputs(model, tokenizer, query, history, template)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer, errors = Ids(), []
     kwargs = _generate_kwargs(tokenizer, template, ids, max_new_tokens, do_sample, temperature, top_p, gen)
-    errors = []
 
     def run():
         try:
@@ -490,16 +504,16 @@ def stream_chat(model, tokenizer, query: str, history: list[dict] | None = None,
             errors.append(e)
             streamer.end()
 
-    thread = Thread(target=run, daemon=True)
-    thread.start()
-    text, shown = "", None
-    for piece in streamer:
-        text += piece
-        if text.strip() and text.strip() != shown:
-            shown = text.strip()
-            yield shown, messages + [{"role": "assistant", "content": shown}]
-    thread.join()
+    Thread(target=run, daemon=True).start()
+    new, shown = [], None
+    while (step := streamer.queue.get()) is not None:
+        new += step
+        text = tokenizer.decode(new, skip_special_tokens=True).strip()
+        if text and not text.endswith("\ufffd") and text != shown:
+            shown = text
+            yield text, messages + [{"role": "assistant", "content": text}]
     if errors:
         raise errors[0]
-    if shown is None:  # an empty answer
-        yield "", messages + [{"role": "assistant", "content": ""}]
+    text = tokenizer.decode(new, skip_special_tokens=True).strip()
+    if text != shown:  # the end (possibly an incomplete character, or empty), exactly as chat() returns it
+        yield text, messages + [{"role": "assistant", "content": text}]
