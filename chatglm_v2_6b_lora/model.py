@@ -382,14 +382,14 @@ def checkpoint_hash(src: Path) -> str:
 def resolve_model_dir(path, cache_dir=None) -> str:
     """A directory GlmForCausalLM loads: an official one is converted once into cache_dir; a converted one is itself;
     a Hub id (e.g. THUDM/chatglm2-6b) is downloaded first, without its code."""
-    path = str(path)
+    path, name = str(path), Path(str(path)).resolve().name
     if not Path(path).exists() and not looks_local(path):
-        path = download(path)
+        path, name = download(path), path.replace("/", "--")
     src = Path(path)
     if not is_official_chatglm(src):
         check_model_path(path)
         return str(src)
-    out = Path(cache_dir or CACHE_DIR) / f"{src.resolve().name}-{checkpoint_hash(src)}"
+    out = Path(cache_dir or CACHE_DIR) / f"{name}-{checkpoint_hash(src)}"
     if (out / "config.json").is_file():
         print(f"using the converted {src} in {out}")
         return str(out)

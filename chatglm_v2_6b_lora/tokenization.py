@@ -47,10 +47,14 @@ def build_tokenizer(sp_model_file: str, template: str = "chatglm3"):
 
     check_template(template)
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(sp_model_file).read_bytes())
+    try:
+        proto.ParseFromString(Path(sp_model_file).read_bytes())
+    except Exception:  # GLM-4's tokenizer.model is a tiktoken file
+        proto.trainer_spec.model_type = 0
     if proto.trainer_spec.model_type != 2 or not proto.trainer_spec.byte_fallback:
         raise SystemExit(f"{sp_model_file}: not a ChatGLM tokenizer.model (expected a SentencePiece BPE model with "
-                         f"byte fallback). Fix: pass the tokenizer.model of THUDM/chatglm2-6b or chatglm3-6b")
+                         f"byte fallback; GLM-4 has a tiktoken one: use transformers' THUDM/glm-4-9b-chat-hf). Fix: pass the "
+                         f"tokenizer.model of THUDM/chatglm2-6b or chatglm3-6b")
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     tok = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
     specials = CHATGLM2_SPECIALS + (CHATGLM3_ROLES if template == "chatglm3" else [])

@@ -272,3 +272,14 @@ def test_bad_model_arguments_fail_in_one_line(argv, match, monkeypatch):
     with pytest.raises(SystemExit, match=match) as e:
         HfArgumentParser(ModelArguments).parse_args_into_dataclasses(argv)
     assert "\n" not in str(e.value)
+
+
+def test_glm4_tiktoken_tokenizer_fails_with_one_line(tmp_path, tiny_official):
+    d = tmp_path / "glm4"
+    d.mkdir()
+    for f in Path(tiny_official[0]).iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")  # GLM-4's tokenizer.model: tiktoken ranks
+    with pytest.raises(SystemExit, match="tiktoken") as e:
+        convert_chatglm(d, tmp_path / "out")
+    assert "\n" not in str(e.value)
