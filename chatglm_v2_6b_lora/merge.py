@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from model import CACHE_DIR, load_model, load_tokenizer, resolve_model_dir
+from model import CACHE_DIR, load_model, load_tokenizer, resolve_model_dir, split_qkv
 
 HERE = Path(__file__).resolve().parent
 FUSED_TARGETS = {"query_key_value": ["q_proj", "k_proj", "v_proj"], "dense": ["o_proj"],
@@ -62,13 +62,13 @@ def load_adapter_weights(adapter_dir: Path) -> dict:
                      f"Fix: pass the whole adapter directory")
 
 
-def _dims(config) -> tuple[int, int, int]:
-    """(heads, key/value groups, head_dim) from an official config dict or a GlmConfig."""
+def _dims(config) -> dict:
+    """The fields split_qkv needs, from an official config dict or a GlmConfig."""
     if isinstance(config, dict):
-        heads = config["num_attention_heads"]
-        groups = config["multi_query_group_num"] if config.get("multi_query_attention", True) else heads
-        return heads, groups, config["kv_channels"]
-    return config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        return config
+    mqa = config.num_key_value_heads != config.num_attention_heads
+    return {"num_attention_heads": config.num_attention_heads, "kv_channels": config.head_dim,
+            "multi_query_attention": mqa, "multi_query_group_num": config.num_key_value_heads}
 
 
 def convert_fused_adapter(adapter_dir, out_dir, config, base_model_name_or_path: str | None = None) -> str:
@@ -86,8 +86,7 @@ def convert_fused_adapter(adapter_dir, out_dir, config, base_model_name_or_path:
         raise SystemExit(f"--adapter_dir: {src} is not a plain LoRA adapter ({unsupported or cfg.get('peft_type')}): "
                          f"only r/alpha LoRA on query_key_value, dense, dense_h_to_4h, dense_4h_to_h converts. "
                          f"Fix: retrain it with this folder's train.py --use_lora")
-    heads, groups, hd = _dims(config)
-    rows = [heads * hd, groups * hd, groups * hd]
+    qkv_cfg = _dims(config)
     weights, targets = {}, set()
     for name, t in load_adapter_weights(src).items():
         m = re.fullmatch(r"(?:base_model\.model\.)?transformer\.encoder\.layers\.(\d+)\."
@@ -97,7 +96,7 @@ def convert_fused_adapter(adapter_dir, out_dir, config, base_model_name_or_path:
                              f"ChatGLM2/3 (modules query_key_value, dense, dense_h_to_4h, dense_4h_to_h)")
         layer, block, module, ab = m[1], m[2], m[3], m[4]
         new = FUSED_TARGETS[module]
-        parts = t.split(rows, dim=0) if module == "query_key_value" and ab == "lora_B" else [t] * len(new)
+        parts = split_qkv(t, qkv_cfg) if module == "query_key_value" and ab == "lora_B" else [t] * len(new)
         for part, name_new in zip(parts, new):
             where = "self_attn" if block == "self_attention" else "mlp"
             weights[f"base_model.model.model.layers.{layer}.{where}.{name_new}.{ab}.weight"] = part.clone()  # A: one copy each

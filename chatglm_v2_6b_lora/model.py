@@ -255,10 +255,19 @@ def convert_config(cfg: dict, eos_token_id: int | list[int] = EOS_ID, rope: dict
         architectures=["GlmForCausalLM"])
 
 
-def convert_state(sd: dict, cfg: dict) -> dict:
-    """Official names -> GlmForCausalLM names, splitting query_key_value into q/k/v (views, no copies)."""
+def split_qkv(t: torch.Tensor, cfg: dict) -> tuple:
+    """Rows of query_key_value -> q, k, v. Multi-query (every released ChatGLM2/3): [q of all heads | k of all
+    groups | v of all groups], views. Without it the official code views the rows as (heads, 3, head_dim)."""
     heads, hd = cfg["num_attention_heads"], cfg["kv_channels"]
-    groups = cfg["multi_query_group_num"] if cfg.get("multi_query_attention", True) else heads
+    if cfg.get("multi_query_attention", True):
+        groups = cfg["multi_query_group_num"]
+        return t.split([heads * hd, groups * hd, groups * hd], dim=0)
+    per_head = t.reshape(heads, 3, hd, *t.shape[1:])
+    return tuple(per_head[:, i].reshape(heads * hd, *t.shape[1:]) for i in range(3))
+
+
+def convert_state(sd: dict, cfg: dict) -> dict:
+    """Official names -> GlmForCausalLM names, splitting query_key_value into q/k/v."""
     out = {}
     for name, t in sd.items():
         if name.endswith("rotary_pos_emb.inv_freq"):
@@ -271,7 +280,7 @@ def convert_state(sd: dict, cfg: dict) -> dict:
             p, rest = f"model.layers.{m[1]}.", m[2]
             if rest.startswith("self_attention.query_key_value."):
                 kind = rest.rsplit(".", 1)[1]
-                q, k, v = t.split([heads * hd, groups * hd, groups * hd], dim=0)
+                q, k, v = split_qkv(t, cfg)
                 out |= {p + f"self_attn.q_proj.{kind}": q, p + f"self_attn.k_proj.{kind}": k, p + f"self_attn.v_proj.{kind}": v}
                 continue
             new = LAYER_NAMES.get(rest)

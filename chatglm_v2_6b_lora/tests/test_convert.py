@@ -52,8 +52,12 @@ def reference_logits(sd, cfg, ids, mask=None, rope="theta"):
         p = f"transformer.encoder.layers.{i}."
         x = rms(h, sd[p + "input_layernorm.weight"])
         qkv = x @ sd[p + "self_attention.query_key_value.weight"].T + sd[p + "self_attention.query_key_value.bias"]
-        q, k, v = qkv.split([heads * hd, groups * hd, groups * hd], -1)
-        q, k, v = q.view(b, s, heads, hd), k.view(b, s, groups, hd), v.view(b, s, groups, hd)
+        if cfg.get("multi_query_attention", True):  # rows: q of all heads, k of all groups, v of all groups
+            q, k, v = qkv.split([heads * hd, groups * hd, groups * hd], -1)
+            q, k, v = q.view(b, s, heads, hd), k.view(b, s, groups, hd), v.view(b, s, groups, hd)
+        else:  # without multi-query: per head [q | k | v]
+            groups = heads
+            q, k, v = qkv.view(b, s, heads, 3 * hd).split(hd, -1)
         q, k = rope_(q), rope_(k)
         k, v = k.repeat_interleave(heads // groups, 2), v.repeat_interleave(heads // groups, 2)  # group g: heads g*n..
         scores = torch.einsum("bqnd,bknd->bnqk", q, k) / hd ** 0.5
@@ -137,6 +141,17 @@ def test_32k_rope_ratio(tmp_path, sp_model, template, rope):
     assert (got - reference_logits(sd, cfg, ids, rope=rope)).abs().max() <= 1e-5
     other = "theta" if rope == "linear" else "linear"
     assert (got - reference_logits(sd, cfg, ids, rope=other)).abs().max() > 1e-4  # the variants do differ
+
+
+def test_without_multi_query_attention(tmp_path, sp_model):
+    """multi_query_attention false (no released checkpoint, but a valid ChatGLMConfig): per-head fused rows."""
+    src = write_tiny_official(tmp_path / "src", sp_model, **SMALL | dict(multi_query_attention=False))
+    model = AutoModelForCausalLM.from_pretrained(convert_chatglm(src, tmp_path / "dst")).eval()
+    assert model.config.num_key_value_heads == model.config.num_attention_heads
+    cfg = json.loads((Path(src) / "config.json").read_text())
+    ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - reference_logits(official_state(src), cfg, ids)).abs().max() <= 1e-5
 
 
 def expected_official(cfg) -> dict:
