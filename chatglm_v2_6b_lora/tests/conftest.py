@@ -130,3 +130,20 @@ def free_port_fixture():
 def server_process():
     """`with server_process(["serve.py", ...], cwd) as (url, proc):` see serve_process."""
     return serve_process
+
+
+# ----------------------------------------------------------------------------- pipeline fixtures (clean_data / train)
+@pytest.fixture(scope="session")
+def clean_dir(tmp_path_factory):
+    """The generated default task, cleaned (train / validation / test.jsonl)."""
+    import clean_data
+    out = tmp_path_factory.mktemp("clean")
+    clean_data.main(["--output_dir", str(out), "--seed", str(SEED)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def glm_tokenizer(sp_model):
+    """(fast tokenizer with the ChatGLM2 specials, "chatglm2") from the small sp_model."""
+    from tokenization import build_tokenizer
+    return build_tokenizer(sp_model, "chatglm2"), "chatglm2"
