@@ -406,7 +406,12 @@ def resolve_model_dir(path, cache_dir=None) -> str:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     convert_chatglm(src, tmp)
-    tmp.rename(out)  # only complete conversions get the final name
+    try:
+        tmp.rename(out)  # only complete conversions get the final name
+    except OSError:  # another process (e.g. a torchrun rank) finished first: use its copy
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
 
 

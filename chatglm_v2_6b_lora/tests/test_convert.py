@@ -298,3 +298,17 @@ def test_glm4_tiktoken_tokenizer_fails_with_one_line(tmp_path, tiny_official):
     with pytest.raises(SystemExit, match="tiktoken") as e:
         convert_chatglm(d, tmp_path / "out")
     assert "\n" not in str(e.value)
+
+
+def test_resolve_model_dir_when_another_process_converted_first(tmp_path, tiny_official, monkeypatch):
+    import model
+    src = tiny_official[0]
+    real = model.convert_chatglm
+
+    def convert_twice(s, out, **kw):  # another rank renames its finished copy into place while we convert
+        final = Path(str(out).rsplit(".tmp", 1)[0])
+        real(s, final)
+        return real(s, out, **kw)
+    monkeypatch.setattr(model, "convert_chatglm", convert_twice)
+    out = resolve_model_dir(src, cache_dir=tmp_path)
+    assert (Path(out) / "config.json").is_file() and [p.name for p in tmp_path.iterdir()] == [Path(out).name]
