@@ -79,6 +79,8 @@ def detect_template(tokenizer_or_dir) -> str:
     """chatglm3 when the tokenizer has the role tokens, else chatglm2."""
     if isinstance(tokenizer_or_dir, (str, Path)):
         path = Path(tokenizer_or_dir)
+        if not (path / "tokenizer.json").is_file():
+            raise SystemExit(f"{path}: no tokenizer.json. Fix: pass a converted directory (model.resolve_model_dir)")
         vocab = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
         names = {t["content"] for t in vocab.get("added_tokens", [])}
     else:
@@ -126,6 +128,9 @@ def _segments(tokenizer, messages: list[dict], template: str) -> list[tuple[list
             if i + 1 < len(turns):
                 segs.append((encode_text(tokenizer, turns[i + 1]["content"]) + [tokenizer.eos_token_id], True))
         return segs
+    if tokenizer.convert_tokens_to_ids("<|user|>") in (None, tokenizer.unk_token_id):
+        raise SystemExit("--template: chatglm3 needs the role tokens <|system|> <|user|> ..., which this tokenizer "
+                         "lacks (a ChatGLM2 one). Fix: --template chatglm2, or leave --template out to detect it")
     previous = None
     for m in messages:
         role_id = tokenizer.convert_tokens_to_ids(f"<|{m['role']}|>")

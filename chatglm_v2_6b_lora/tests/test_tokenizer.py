@@ -117,6 +117,8 @@ def test_bad_conversations_are_refused(tok2, tok3):
         prompt_ids(tok3, [{"role": "bot", "content": "a"}], "chatglm3")
     with pytest.raises(SystemExit, match="--template"):
         prompt_ids(tok3, [{"role": "user", "content": "a"}], "chatglm4")
+    with pytest.raises(SystemExit, match="--template: chatglm3 needs the role tokens"):
+        prompt_ids(tok2, [{"role": "user", "content": "a"}], "chatglm3")  # a ChatGLM2 tokenizer
 
 
 def test_train_tokenizer_cli(tmp_path):
