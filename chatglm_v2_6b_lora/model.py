@@ -458,9 +458,20 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: str, gra
 
 
 # ----------------------------------------------------------------------------- chat
+def as_messages(history) -> list[dict]:
+    """OpenAI-style messages; the official ChatGLM2 history [(query, response), ...] is converted."""
+    out = []
+    for item in history or []:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            out += [{"role": "user", "content": item[0]}, {"role": "assistant", "content": item[1]}]
+        else:
+            out.append(item)
+    return out
+
+
 def _chat_inputs(model, tokenizer, query, history, template):
     template = template or detect_template(tokenizer)
-    messages = [*(history or []), {"role": "user", "content": query}]
+    messages = [*as_messages(history), {"role": "user", "content": query}]
     ids = torch.tensor([prompt_ids(tokenizer, messages, template)], device=model.device)
     return messages, template, ids
 
@@ -475,8 +486,9 @@ def _generate_kwargs(tokenizer, template, ids, max_new_tokens, do_sample, temper
 @torch.no_grad()
 def chat(model, tokenizer, query: str, history: list[dict] | None = None, template: str | None = None,
          max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 0.8, top_p: float = 0.8, **gen):
-    """(response, history) like the official model.chat; history is a list of OpenAI-style messages
-    ({"role": "system"|"user"|"assistant", "content": str}), the returned one ends with this turn."""
+    """(response, history) like the official model.chat. history: OpenAI-style messages ({"role": "system"|"user"|
+    "assistant", "content": str}; the official ChatGLM2 [(query, response)] tuples are accepted too); the returned
+    history is messages, ending with this turn."""
     messages, template, ids = _chat_inputs(model, tokenizer, query, history, template)
     out = model.generate(**_generate_kwargs(tokenizer, template, ids, max_new_tokens, do_sample, temperature, top_p, gen))
     response = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

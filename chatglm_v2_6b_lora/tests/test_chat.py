@@ -24,6 +24,8 @@ def test_chat_returns_response_and_growing_history(model_and_tokenizer):
     response2, history2 = chat(model, tok, "今天天气如何？", history=history, max_new_tokens=8)
     assert history2[:2] == history and len(history2) == 4 and history2[-1] == {"role": "assistant", "content": response2}
     assert len(history) == 2  # the caller's history is not modified
+    official_style = [("你好", response)]  # the official ChatGLM2 history shape gives the same turn
+    assert chat(model, tok, "今天天气如何？", history=official_style, max_new_tokens=8) == (response2, history2)
 
 
 def test_chat_answers_are_the_greedy_continuation_of_the_prompt(model_and_tokenizer):
