@@ -77,9 +77,7 @@ def baseline_convert(src: Path, out: Path) -> None:
 
 
 def run_arm(args) -> dict:
-    import torch  # noqa: F401  imports peak on their own; count only what the conversion adds
-
-    import model
+    import model  # imports (torch, transformers) peak on their own: count only what the conversion adds
     reset_peak_rss()
     before = proc_status_bytes("VmRSS")
     if args.arm == "baseline":

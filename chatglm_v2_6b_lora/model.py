@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GlmConfig
 
-from tokenization import EOS_ID, PAD_ID, TEMPLATES, build_tokenizer, check_template, detect_template, prompt_ids, stop_ids
+from tokenization import EOS_ID, PAD_ID, build_tokenizer, check_template, detect_template, prompt_ids, stop_ids
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "data/cache/converted"
