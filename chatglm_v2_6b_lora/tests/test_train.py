@@ -26,8 +26,11 @@ COMMON = ["--per_device_train_batch_size", "8", "--eval_samples", "150", "--max_
 TASKS = ["--tasks", "unit,date"]
 FULL = ["--num_train_epochs", "4", "--learning_rate", "2e-3", "--warmup_steps", "10"]
 LORA = ["--num_train_epochs", "1", "--learning_rate", "2e-3", "--warmup_steps", "10"]
-FULL_THRESHOLD = 0.05   # measured: MEASURED_FULL
-LORA_THRESHOLD = 0.05   # measured: MEASURED_LORA
+# Measured (AMD EPYC, 2 cores, shared; OMP_NUM_THREADS=1): full 0.000 -> 0.753 (seed 42) / 0.059 (seed 7);
+# LoRA on it 0.753 -> 0.889 / 0.059 -> 0.257. This small model learns the next-day task suddenly, somewhere between
+# 2 and 4 epochs, so the seed moves the full run a lot; the LoRA run on top is steadier.
+FULL_THRESHOLD = 0.025  # halfway between 0 and the lowest measured 0.059 is 0.0295
+LORA_THRESHOLD = 0.12   # halfway between 0 and the lowest measured 0.257 is 0.128
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +125,7 @@ def test_an_official_chatglm_dir_trains_with_lora_on_every_projection(tiny_offic
             "--max_train_samples", "160", "--num_train_epochs", "2", "--learning_rate", "3e-3", "--eval_samples", "4",
             "--max_new_tokens", "4", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True",
             "--logging_steps", "2", "--max_length", "256"]
-    m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--gradient_checkpointing", "True",
+    m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--activation_checkpointing", "True",
                            "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_up_proj,down_proj"])
     (converted,) = (tmp_path / "cache").iterdir()
     assert m["use_lora"] and Path(m["base_model_dir"]) == converted and m["eval_loss"] < m["first_logged_loss"]
