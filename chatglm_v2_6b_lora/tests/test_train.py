@@ -122,7 +122,7 @@ def test_an_official_chatglm_dir_trains_with_lora_on_every_projection(tiny_offic
     with gradient checkpointing; then full fine-tuning of the same dir (reusing the conversion)."""
     official, _ = tiny_official
     args = ["--model_name_or_path", str(official), "--cache_dir", str(tmp_path / "cache"), "--data_dir", str(clean_dir),
-            "--max_train_samples", "160", "--num_train_epochs", "2", "--learning_rate", "3e-3", "--eval_samples", "4",
+            "--max_train_samples", "160", "--max_steps", "8", "--learning_rate", "3e-3", "--eval_samples", "4",
             "--max_new_tokens", "4", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "True",
             "--logging_steps", "2", "--max_length", "256"]
     m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--activation_checkpointing", "True",
