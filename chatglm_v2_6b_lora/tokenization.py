@@ -15,9 +15,11 @@ Like the official tokenizer, a special token's *text* inside a message (e.g. "<|
 text (`split_special_tokens=True`), so user content cannot inject role tokens.
 
 Templates (`TEMPLATES`), built by the same code for training (`conversation_segments`) and generation (`prompt_ids`):
-  chatglm2: [gMASK] sop "[Round 1]\n\n问：{q}\n\n答：" {a} </s> "\n\n[Round 2]\n\n问：{q}\n\n答：" {a} </s> ...
-            The text is official `build_prompt`'s. A one-turn prompt is exactly the official one; each answer is
-            encoded on its own and ends with eos, as in the official fine-tuning (prompt ids + answer ids + eos).
+  chatglm2: [gMASK] sop encode("[Round 1]\n\n问：{q1}\n\n答：{a1}\n\n[Round 2]\n\n问：{q2}\n\n答：") {a2} </s>
+            The prompt is the official chat()'s exactly: build_prompt(query, history) encoded as one text, history
+            included. Training appends the last answer encoded on its own + eos (the official fine-tuning), and
+            also trains the earlier answers inside the prompt text (their tokens found by character offsets), so
+            every turn is learned while the ids stay the official ones.
             ChatGLM2 has no system role: a system message's text goes before "[Round 1]", followed by "\n\n".
   chatglm3: [gMASK] sop <|role|> encode("\n") encode(content) ... <|assistant|>   (official build_single_message)
             Trained, as in the official finetune_demo (its loss mask shifted by one): each answer's "\n" + content
@@ -117,17 +119,32 @@ def check_messages(messages: list[dict], template: str) -> None:
         raise ValueError(f"chatglm2 needs user/assistant turns alternating from user, got {turns}")
 
 
-def _segments(tokenizer, messages: list[dict], template: str) -> list[tuple[list[int], bool]]:
+def _chatglm2_segments(tokenizer, messages: list[dict]) -> list[tuple[list[int], bool]]:
+    """[gMASK] sop + the official build_prompt(query, history) text encoded as ONE text (the official chat()'s
+    ids, history included); for training, then the last answer encoded on its own + eos (the official fine-tuning).
+    Earlier answers are inside that text: their tokens are found by character offsets and trained too."""
+    system = messages[0]["content"] + "\n\n" if messages[0]["role"] == "system" else ""
+    turns = [m["content"] for m in messages if m["role"] != "system"]
+    last_answer = turns.pop() if len(turns) % 2 == 0 else None
+    text, answers = system, []
+    for i in range(0, len(turns) - 1, 2):
+        text += f"[Round {i // 2 + 1}]\n\n问：{turns[i]}\n\n答："
+        answers.append((len(text), len(text) + len(turns[i + 1])))
+        text += turns[i + 1] + "\n\n"
+    text += f"[Round {len(turns) // 2 + 1}]\n\n问：{turns[-1]}\n\n答："
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     segs = [(prefix_ids(tokenizer), False)]
+    for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        segs.append(([token], end > start and any(a <= start and end <= b for a, b in answers)))
+    if last_answer is not None:
+        segs.append((encode_text(tokenizer, last_answer) + [tokenizer.eos_token_id], True))
+    return segs
+
+
+def _segments(tokenizer, messages: list[dict], template: str) -> list[tuple[list[int], bool]]:
     if template == "chatglm2":
-        system = messages[0]["content"] + "\n\n" if messages and messages[0]["role"] == "system" else ""
-        turns = [m for m in messages if m["role"] != "system"]
-        for i in range(0, len(turns), 2):
-            head = system if i == 0 else "\n\n"
-            segs.append((encode_text(tokenizer, f"{head}[Round {i // 2 + 1}]\n\n问：{turns[i]['content']}\n\n答："), False))
-            if i + 1 < len(turns):
-                segs.append((encode_text(tokenizer, turns[i + 1]["content"]) + [tokenizer.eos_token_id], True))
-        return segs
+        return _chatglm2_segments(tokenizer, messages)
+    segs = [(prefix_ids(tokenizer), False)]
     if tokenizer.convert_tokens_to_ids("<|user|>") in (None, tokenizer.unk_token_id):
         raise SystemExit("--template: chatglm3 needs the role tokens <|system|> <|user|> ..., which this tokenizer "
                          "lacks (a ChatGLM2 one). Fix: --template chatglm2, or leave --template out to detect it")

@@ -68,16 +68,19 @@ def test_chatglm2_template_is_the_official_build_prompt(tok2):
         [n1, n3] + encode_text(tok2, "[Round 1]\n\n问：{}\n\n答：".format(q1))
     msgs = [{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
             {"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
-    pieces = ["[Round 1]\n\n问：{}\n\n答：".format(q1), a1, "\n\n[Round 2]\n\n问：{}\n\n答：".format(q2), a2]
     official = "[Round {}]\n\n问：{}\n\n答：{}\n\n".format(1, q1, a1) + "[Round {}]\n\n问：{}\n\n答：".format(2, q2)
-    assert "".join(pieces[:3]) == official  # the official build_prompt(q2, [(q1, a1)]) text, cut at the answers
+    # multi-turn generation: the official chat() prompt, build_prompt(q2, [(q1, a1)]) encoded as one text
+    assert prompt_ids(tok2, msgs[:3], "chatglm2") == [n1, n3] + encode_text(tok2, official)
     segs = conversation_segments(tok2, msgs, "chatglm2")
-    assert segs == [([n1, n3] + encode_text(tok2, pieces[0]), False), (encode_text(tok2, a1) + [2], True),
-                    (encode_text(tok2, pieces[2]), False), (encode_text(tok2, a2) + [2], True)]
-    # generation uses the same code: the prompt is the conversation's ids up to the last answer
-    assert prompt_ids(tok2, msgs[:3], "chatglm2") == [i for s, _ in segs[:3] for i in s]
+    ids = [i for s, _ in segs for i in s]
+    # training: that prompt + the last answer on its own + eos (the official fine-tuning input) ...
+    assert ids == [n1, n3] + encode_text(tok2, official) + encode_text(tok2, a2) + [2]
+    assert segs[-1] == (encode_text(tok2, a2) + [2], True)
+    # ... and the first answer, inside the prompt text, is trained too: its tokens decode to exactly a1
+    assert [tok2.decode(s) for s, t in segs[:-1] if t] == [a1]
+    assert not any(t for s, t in segs[:1])
     system = conversation_segments(tok2, [{"role": "system", "content": "简洁"}] + msgs[:2], "chatglm2")
-    assert system[0][0] == [n1, n3] + encode_text(tok2, "简洁\n\n" + pieces[0])
+    assert system[0][0] == [n1, n3] + encode_text(tok2, "简洁\n\n[Round 1]\n\n问：{}\n\n答：".format(q1))
 
 
 def test_chatglm3_template_and_official_finetune_labels(tok3):
