@@ -101,30 +101,25 @@ def check_dropped(n_dropped: int, n_records: int, max_length: int, split: str, w
 def tokenize_conversation(messages, tokenizer, template: str, max_length: int):
     """Tokenise one conversation (ChatGLM's format); labels are IGNORE_INDEX on every prompt token.
 
-    Every answer (and its terminator: EOS for chatglm2, the next <|user|> role token for chatglm3) is
-    trained on, in every turn. Truncation rule: whole turns are kept from the start; the first turn that
-    does not fit in `max_length` is dropped together with every later turn. If not even the first answer
-    fits, returns None (the caller counts it as dropped): cutting an answer would teach the model to stop
-    mid-sentence without its terminator.
+    Every answer is trained on, in every turn, and the last one with its terminator (eos; chatglm3 also ends
+    earlier answers with the next role token): tokenization.conversation_segments decides which ids those are.
+    Truncation rule: whole turns are kept from the start. The conversation is cut after the last answer that
+    still fits in `max_length` and encoded again, so the kept last answer ends with its terminator exactly as a
+    conversation of that length would; if not even the first answer fits, returns None (the caller counts it as
+    dropped): cutting an answer would teach the model to stop mid-sentence without its terminator.
     """
-    while messages and messages[-1]["role"] != "assistant":  # a trailing question has no answer to learn
-        messages = messages[:-1]
-    input_ids, labels = [], []
-    pending_ids, pending_labels = [], []
-    kept_any_answer = False
-    for ids, is_answer in conversation_segments(tokenizer, messages, template):
-        pending_ids += ids
-        pending_labels += ids if is_answer else [IGNORE_INDEX] * len(ids)
-        if is_answer:  # a turn ends with its answer: commit it if it fits
-            if len(input_ids) + len(pending_ids) > max_length:
-                break
-            input_ids += pending_ids
-            labels += pending_labels
-            pending_ids, pending_labels = [], []
-            kept_any_answer = True
-    if not kept_any_answer:
-        return None
-    return {"input_ids": input_ids, "labels": labels}
+    ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]  # a trailing question is not trained
+    for end in reversed(ends):
+        try:
+            segments = conversation_segments(tokenizer, messages[:end + 1], template)
+        except ValueError as e:  # e.g. chatglm2 has no system role after the first message
+            raise SystemExit(f"--template: a conversation cannot be written in the {template} format ({e}): "
+                             f"{json.dumps(messages, ensure_ascii=False)[:200]}. Fix: clean the data (clean_data.py) "
+                             f"or use --template chatglm3 with a ChatGLM3 checkpoint")
+        if sum(len(ids) for ids, _ in segments) <= max_length:
+            return {"input_ids": [i for ids, _ in segments for i in ids],
+                    "labels": [i if trained else IGNORE_INDEX for ids, trained in segments for i in ids]}
+    return None
 
 
 def tokenizer_texts(records: list[dict]):

@@ -90,8 +90,8 @@ def test_labels_on_every_answer_and_its_terminator_only(sp_model, template):
     assert ex["input_ids"][:2] == tok.convert_tokens_to_ids(["[gMASK]", "sop"])
     trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
     assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ex["input_ids"], ex["labels"]))
-    if template == "chatglm2":  # each answer + eos
-        assert tok.decode(trained).replace(" ", "") == "你好！</s>3000米</s>"  # decode shows the dummy prefix
+    if template == "chatglm2":  # the official multi-turn prompt is one text: eos only after the last answer
+        assert tok.decode(trained).replace(" ", "") == "你好！3000米</s>"  # decode shows the dummy prefix
     else:  # "\n" + answer, then the token that ends it (the next <|user|>, or eos at the end)
         assert tok.decode(trained).replace("\n", "").replace(" ", "") == "你好！<|user|>3000米</s>"
     # the generation prompt for turn 2 is exactly the training input before the second answer
@@ -99,12 +99,14 @@ def test_labels_on_every_answer_and_its_terminator_only(sp_model, template):
     assert ex["input_ids"][:len(prompt)] == prompt and ex["labels"][len(prompt) - 1] == IGNORE_INDEX
 
 
-def test_truncation_keeps_whole_answers(glm_tokenizer):
-    tok, template = glm_tokenizer
+@pytest.mark.parametrize("template", ["chatglm2", "chatglm3"])
+def test_truncation_keeps_whole_answers(sp_model, template):
+    tok = build_tokenizer(sp_model, template)
     long = [U("你好"), A("很好"), U("今天天气" * 20), A("很好")]
     first = tokenize_conversation(long[:2], tok, template, max_length=512)
     cut = tokenize_conversation(long, tok, template, max_length=len(first["input_ids"]) + 5)
     assert cut == first  # the second turn did not fit: dropped entirely, the first kept with its eos
+    assert cut["input_ids"][-1] == tok.eos_token_id and cut["labels"][-1] == tok.eos_token_id
     assert tokenize_conversation(long, tok, template, max_length=3) is None
     ds, dropped = build_sft_dataset([{"messages": long}] * 3, tok, template, max_length=3)
     assert len(ds) == 0 and dropped == 3
@@ -149,3 +151,10 @@ def test_packing_fills_rows_and_never_attends_across_samples():
     assert mask[0, 4, :5].all() and not mask[0, 5, :5].any() and mask[0, 11, 5:12].all()
     assert mask[0, 11].sum() == 7 and not mask[0].triu(1).any()  # causal inside a sample
     assert not mask[1, :, 4:].any()  # padding is never attended to
+
+
+def test_a_conversation_the_template_cannot_write_is_one_line(glm_tokenizer):
+    tok, template = glm_tokenizer
+    with pytest.raises(SystemExit, match="--template: a conversation cannot be written in the chatglm2 format"):
+        tokenize_conversation([U("你好"), A("你好！"), {"role": "system", "content": "x"}, U("再见"), A("再见")],
+                              tok, template, max_length=512)
