@@ -15,12 +15,12 @@ from transformers import HfArgumentParser
 
 OUT = Path(__file__).resolve().parents[1] / "images" / "chatglm_v2_6b_lora.png"
 STEPS = [
-    "official ChatGLM2/3-6B dir (remote code, fused query_key_value, .bin shards)\nor offline: SentencePiece (ChatGLM special layout) + tiny random ChatGLM2 in the official format",
+    "official ChatGLM2/3-6B dir (remote code, fused query_key_value, .bin shards)\nor offline: SentencePiece (ChatGLM specials) + tiny random ChatGLM2, official format",
     "model.py convert_chatglm: one shard at a time, rename + split qkv -> q/k/v_proj\n-> transformers' GlmForCausalLM dir (no trust_remote_code), cached once",
-    "generated Chinese task or ADGEN / ChatGLM history / Alpaca-BELLE / sharegpt / OpenAI JSON(L)\nclean_data.py -> train / validation / test.jsonl + rejects.jsonl + summary.json",
-    "dataset.py: tokenization.conversation_segments (official chatglm2 / chatglm3 format)\nloss on every answer + terminator; whole turns kept; packing with a 4D block-diagonal mask",
-    "train.py: LoRA (peft, q/k/v_proj) or full; Trainer (python / torchrun / deepspeed ZeRO)\nexact match on held-out questions before and after; adapter-only saves; resume",
-    "merge.py -> full GlmForCausalLM (also converts fused-qkv adapters of the original repo)",
+    "generated task, or ADGEN / ChatGLM history / Alpaca-BELLE / sharegpt / OpenAI\nclean_data.py -> train / validation / test.jsonl + rejects.jsonl + summary.json",
+    "dataset.py: conversation_segments (official chatglm2 / chatglm3 prompts)\nloss on every answer; whole turns kept; packing, 4D block-diagonal mask",
+    "train.py: LoRA (peft, q/k/v_proj) or full; Trainer (python / torchrun / ZeRO)\nexact match on held-out questions before and after; adapter-only saves; resume",
+    "merge.py -> full GlmForCausalLM (also converts fused-qkv adapters)",
     "infer.ipynb: chat / stream_chat (official (response, history) shape)\nserve.py: OpenAI API on 127.0.0.1; device_map.py: layers over several GPUs",
 ]
 

@@ -177,3 +177,10 @@ def test_all_dropped_fails_naming_max_length_before_training(tmp_path, clean_dir
         train.main(["--data_dir", str(clean_dir), "--output_dir", str(tmp_path), "--max_length", "8",
                     "--max_train_samples", "32", "--eval_samples", "2", "--report_to", "none"])
     assert not (tmp_path / "train_results.json").exists()
+
+
+def test_diagram_writes_the_png(tmp_path):
+    import diagram
+    assert diagram.OUT == FOLDER.parent / "images" / "chatglm_v2_6b_lora.png" and diagram.OUT.is_file()
+    out = diagram.main(["--out", str(tmp_path / "flow.png")])
+    assert out.stat().st_size > 10_000
