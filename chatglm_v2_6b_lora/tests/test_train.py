@@ -137,13 +137,14 @@ def test_an_official_chatglm_dir_trains_with_lora_on_every_projection(tiny_offic
     assert (tmp_path / "full/model.safetensors").exists()
 
 
-def test_notebook_runs(lora_run, notebook_runner):
+def test_notebook_runs(lora_run, notebook_runner, tmp_path):
     out, _ = lora_run
-    nb = notebook_runner(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": str(out)})
+    nb = notebook_runner(FOLDER / "infer.ipynb", env={"ZERO_NLP_OUTPUT_DIR": str(out), "ZERO_NLP_CACHE_DIR": str(tmp_path)})
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "PeftModelForCausalLM on GlmForCausalLM" in text and "converted config: ['GlmForCausalLM']" in text
     assert "stopped at EOS: True" in text and "same as chat(): True" in text
     assert "same as base + adapter: True" in text and "6 messages in history" in text
+    assert len(list(tmp_path.iterdir())) == 1  # the official-format checkpoint was converted into the cache
 
 
 def test_torchrun_two_cpu_processes(clean_dir, tmp_path):
