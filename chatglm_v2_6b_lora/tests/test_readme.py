@@ -201,7 +201,8 @@ def test_readme_user_data_train_sh_runs_as_written(copied, user_data_run):
 
 
 def test_readme_gpu_and_hub_commands_stop_with_one_line_on_cpu(copied, cleaned, user_data_run):
-    """As written on this CPU machine without a Hub (on the clean data made above): one clear line each."""
+    """As written on this CPU machine without a Hub (on the clean data made above): one clear line each; the merge
+    line (an adapter of the original repos, which this clone does not have) names --adapter_dir."""
     folder = copied / "chatglm_v2_6b_lora"
     gpu = [c for c in ALL if "--bf16" in c or "--num_gpus" in c]
     assert len(gpu) >= 5
@@ -211,9 +212,12 @@ def test_readme_gpu_and_hub_commands_stop_with_one_line_on_cpu(copied, cleaned, 
         if argv[0] == "bash":
             argv = next(c for c in dry_run(env, argv[2:], folder=folder) if "train.py" in c)
         argvs.append(argv[next(i for i, a in enumerate(argv) if a.endswith(".py")):])
+    (merge,) = [c for c in ALL if c.startswith("python merge.py --adapter_dir their_chatglm2_lora")]
+    argvs.append(shlex.split(merge)[1:])  # no such adapter here: one line naming --adapter_dir
     lines = one_line_stops(argvs, folder)
     for argv, line in zip(argvs, lines):
-        expected = "--num_gpus: 2 requested but 0 visible" if "--num_gpus" in argv else "--bf16: needs a CUDA GPU"
+        expected = ("--adapter_dir: their_chatglm2_lora" if argv[0] == "merge.py" else
+                    "--num_gpus: 2 requested but 0 visible" if "--num_gpus" in argv else "--bf16: needs a CUDA GPU")
         assert line.startswith(expected), (argv, line)
     for name in re.findall(r"(ds_zero\w+\.json)", README):
         assert (FOLDER / name).is_file(), name
