@@ -2,7 +2,8 @@
 
 The prompt format is ChatGLM's own, built by tokenization.conversation_segments (training) and
 tokenization.prompt_ids (generation): the same code, so training and inference cannot drift apart.
-  chatglm2: [gMASK] sop "[Round 1]\n\n问：..\n\n答：" answer EOS "\n\n[Round 2]..."
+  chatglm2: [gMASK] sop "[Round 1]\n\n问：..\n\n答：..\n\n[Round 2]\n\n问：..\n\n答：" last answer EOS
+            (the official chat()'s prompt, one text; earlier answers inside it are trained too)
   chatglm3: [gMASK] sop <|user|> "\n" question <|assistant|> "\n" answer <|user|> ...
 Everything that is not about the prompt format (arguments, length checks, packing, collator) is
 chinese_bloom's SFT builder, copied with `# Copied from` markers.
