@@ -58,7 +58,7 @@ OFFICIAL_AUTO_MAP = {
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "official ChatGLM2/3 dir or Hub id (THUDM/chatglm2-6b, THUDM/chatglm3-6b), or a converted GlmForCausalLM dir; omitted = tiny ChatGLM2 from scratch"})
     template: str | None = field(default=None, metadata={"help": "prompt template: chatglm2 or chatglm3; default: detected from the tokenizer (chatglm3 if it has role tokens)"})
-    use_lora: bool = field(default=True, metadata={"help": "train a LoRA adapter (peft); --use_lora False = full fine-tuning"})
+    use_lora: bool | None = field(default=None, metadata={"help": "train a LoRA adapter (peft) instead of all weights; default: on with --model_name_or_path, off for the offline model (random weights: trained fully)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (> 0)"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (> 0)"})
     lora_dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input, 0 <= p < 1"})
@@ -88,6 +88,12 @@ class ModelArguments:
                 raise SystemExit(f"--tokenizer_vocab_size: must be >= 300 (256 bytes + specials), got "
                                  f"{self.tokenizer_vocab_size}. Fix: e.g. --tokenizer_vocab_size 1000")
         check_model_path(self.model_name_or_path)
+        if self.use_lora is None:
+            self.use_lora = self.model_name_or_path is not None
+        elif self.use_lora and self.model_name_or_path is None:
+            raise SystemExit("--use_lora: LoRA needs a trained base, and the offline default starts from random "
+                             "weights (a low-rank update cannot train them). Fix: train it fully first (python "
+                             "train.py), then pass --model_name_or_path outputs/glm_full --use_lora true")
         if self.model_name_or_path and Path(self.model_name_or_path).is_dir():
             # absolute, so a LoRA adapter_config.json still finds its base from anywhere
             self.model_name_or_path = str(Path(self.model_name_or_path).resolve())

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, SchedulerType, Trainer, TrainingArguments, set_seed
 
 from dataset import (DataArguments, SFTCollator, build_sft_dataset, check_dropped, default_max_length,
                      is_generated_task, left_pad, read_clean_records, tokenizer_texts)
@@ -116,8 +116,7 @@ class SFTTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=8)
     learning_rate: float | None = field(default=None, metadata={"help": "default: LR_OFFLINE for the offline tiny ChatGLM (full or LoRA), 2e-5 full / 2e-4 LoRA on a real checkpoint"})
     warmup_steps: float = field(default=30)
-    # constant after warmup: on the offline task it learned several times faster than cosine decay (README)
-    lr_scheduler_type: str = field(default="constant_with_warmup")
+    lr_scheduler_type: str | None = field(default=None, metadata={"help": "default: constant_with_warmup for the offline tiny ChatGLM (it learned the task several times faster than with cosine decay, README), cosine on a real checkpoint"})
     weight_decay: float = field(default=0.01)
     logging_steps: float = field(default=10)
     save_strategy: str = field(default="steps")
@@ -134,8 +133,11 @@ class SFTTrainingArguments(TrainingArguments):
         check_device_flags(self)
         lr, self.learning_rate = self.learning_rate, (self.learning_rate or 1e-3)
         epochs, self.num_train_epochs = self.num_train_epochs, (self.num_train_epochs or 1)
+        schedule, self.lr_scheduler_type = self.lr_scheduler_type, (self.lr_scheduler_type or "linear")
         super().__post_init__()
-        self.learning_rate, self.num_train_epochs = lr, epochs  # check_args fills defaults that depend on the model
+        # check_args fills the defaults that depend on the model
+        self.learning_rate, self.num_train_epochs = lr, epochs
+        self.lr_scheduler_type = schedule and self.lr_scheduler_type
         if epochs is not None and epochs <= 0:
             raise SystemExit(f"--num_train_epochs: must be > 0, got {epochs}. Fix: e.g. --num_train_epochs 3")
         if lr is not None and lr <= 0:
@@ -158,12 +160,8 @@ def is_offline_model(model_name_or_path: str | None) -> bool:
 def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: SFTTrainingArguments) -> None:
     """Late defaults that need two argument groups."""
     offline = is_offline_model(model_args.model_name_or_path)
-    if model_args.model_name_or_path is None and model_args.use_lora:
-        # ModelArguments.use_lora defaults to True (LoRA on a checkpoint); the offline model starts from random
-        # weights, which a low-rank update cannot train: it is trained fully (bash train.sh then adds LoRA on top)
-        print("no --model_name_or_path: the tiny random ChatGLM2 is trained fully (--use_lora applies to checkpoints; "
-              "bash train.sh trains a LoRA adapter on the result)")
-        model_args.use_lora = False
+    if training_args.lr_scheduler_type is None:
+        training_args.lr_scheduler_type = SchedulerType("constant_with_warmup" if offline else "cosine")
     if training_args.learning_rate is None:
         training_args.learning_rate = LR_OFFLINE if offline else 2e-4 if model_args.use_lora else 2e-5
     if training_args.num_train_epochs is None:

@@ -48,6 +48,7 @@ BAD = [
     (["--lora_r", "0"], "--lora_r: must be > 0"),
     (["--lora_alpha", "-1"], "--lora_alpha: must be > 0"),
     (["--lora_dropout", "1.5"], "--lora_dropout"),
+    (["--use_lora", "true"], "--use_lora: LoRA needs a trained base"),
     (["--tokenizer_vocab_size", "100"], "--tokenizer_vocab_size: must be >= 300"),
     ("vocab_with_model", "--tokenizer_vocab_size: only for the offline default"),
     (["--train_file", "/no/train.jsonl"], "--train_file: /no/train.jsonl does not exist"),
@@ -117,19 +118,23 @@ def test_resume_last_skips_incomplete_newest(tmp_path, capsys):
 
 
 def test_late_defaults_depend_on_the_model(tmp_path, clean_dir):
-    """Offline: full fine-tuning from scratch; LoRA on the offline model; LoRA 2e-4 / full 2e-5 on real ones."""
+    """Offline: full fine-tuning from scratch; LoRA on the offline model; LoRA 2e-4 / full 2e-5 on real ones;
+    constant lr after warmup for the offline model, cosine on a real checkpoint, unless given."""
     real = _dir(tmp_path, "real", {"config.json": {"model_type": "glm", "hidden_size": 4096, "num_hidden_layers": 28}})
     offline = _dir(tmp_path, "offline", {"config.json": {"model_type": "glm", "hidden_size": 128, "num_hidden_layers": 4}})
     parser = train.HfArgumentParser((train.ModelArguments, train.DataArguments, train.SFTTrainingArguments))
-    for argv, lr, epochs, lora in (
-            ([], train.LR_OFFLINE, train.EPOCHS_FULL, False),
-            (["--model_name_or_path", offline], train.LR_OFFLINE, train.EPOCHS_LORA, True),
-            (["--model_name_or_path", real], 2e-4, 3, True),
-            (["--model_name_or_path", real, "--use_lora", "false"], 2e-5, 3, False),
-            (["--model_name_or_path", real, "--learning_rate", "5e-5"], 5e-5, 3, True)):
+    const, cosine = "constant_with_warmup", "cosine"
+    for argv, lr, epochs, lora, schedule in (
+            ([], train.LR_OFFLINE, train.EPOCHS_FULL, False, const),
+            (["--model_name_or_path", offline], train.LR_OFFLINE, train.EPOCHS_LORA, True, const),
+            (["--model_name_or_path", real], 2e-4, 3, True, cosine),
+            (["--model_name_or_path", real, "--use_lora", "false"], 2e-5, 3, False, cosine),
+            (["--model_name_or_path", real, "--lr_scheduler_type", "linear"], 2e-4, 3, True, "linear"),
+            (["--model_name_or_path", real, "--learning_rate", "5e-5"], 5e-5, 3, True, cosine)):
         groups = parser.parse_args_into_dataclasses(argv + ["--data_dir", str(clean_dir), "--output_dir", str(tmp_path / "o")])
         train.check_args(*groups)
-        assert (groups[2].learning_rate, groups[2].num_train_epochs, groups[0].use_lora) == (lr, epochs, lora), argv
+        got = (groups[2].learning_rate, groups[2].num_train_epochs, groups[0].use_lora, groups[2].lr_scheduler_type)
+        assert got == (lr, epochs, lora, schedule), argv
 
 
 def test_no_pin_memory_warning_and_no_unused_parameter_search_on_cpu(tmp_path):
