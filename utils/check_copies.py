@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^(?P<indent>\s*)# Copied from (?P<path>[^\s:]+)(?::(?P<name>[\w.]+))?(?:\s+with\s+(?P<repl>.+?))?\s*$")
 BLOCK_START = re.compile(r"^# >>> (?P<name>[\w-]+) \(copied: (?P<path>[^\s)]+)\)\s*$")
 # copy -> source; whole files compared byte for byte (JSON has no comments to hold a marker)
-FULL_COPIES = {f"model_clm/ds_{n}.json": f"chinese_bloom/ds_{n}.json"
-               for n in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
+FULL_COPIES = {f"{folder}/ds_{n}.json": f"chinese_bloom/ds_{n}.json"
+               for folder in ("model_clm", "chatglm_v2_6b_lora") for n in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
 SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "outputs", "node_modules", ".ipynb_checkpoints"}
 
 
