@@ -105,7 +105,7 @@ def test_models(client):
 def test_chat_and_stream_agree(client):
     full = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6)
     assert full.choices[0].message.role == "assistant"
-    assert 1 <= full.usage.completion_tokens <= 6 and full.usage.prompt_tokens > 3
+    assert 1 <= full.usage.completion_tokens <= 6 and full.usage.prompt_tokens >= 3  # 195 你好 196
     chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, stream=True))
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)

@@ -127,7 +127,7 @@ def test_an_official_rope_dir_is_converted_and_trains_with_lora_on_every_project
             "--eval_samples", "4", "--max_new_tokens", "4", "--save_strategy", "no", "--report_to", "none",
             "--disable_tqdm", "True", "--logging_steps", "2", "--max_length", "256"]
     targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--gradient_checkpointing", "True",
+    m = train.main(args + ["--output_dir", str(tmp_path / "lora"), "--activation_checkpointing", "True",
                            "--lora_target_modules", ",".join(sorted(targets))])
     (converted,) = (tmp_path / "cache").iterdir()
     assert m["use_lora"] and Path(m["base_model_dir"]) == converted and m["eval_loss"] < m["first_logged_loss"]
