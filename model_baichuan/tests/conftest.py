@@ -62,7 +62,7 @@ def sp_model(tmp_path_factory):
     """A small Baichuan-layout SentencePiece tokenizer.model trained here (no ../shared needed)."""
     from train_tokenizer import train_tokenizer
     out = tmp_path_factory.mktemp("sp")
-    train_tokenizer(TEXTS * 20, vocab_size=400, out_dir=out)
+    train_tokenizer(TEXTS * 20, vocab_size=600, out_dir=out)
     return out / "tokenizer.model"
 
 
