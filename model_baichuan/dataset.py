@@ -2,8 +2,9 @@
 
 The prompt format is Baichuan2-Chat's: the reserved ids `user_token_id` (195) and `assistant_token_id` (196) of
 generation_config.json open each turn: user_id question assistant_id answer ... EOS.
-tokenization.conversation_segments (training: the official Baichuan2 fine-tune labels) and tokenization.prompt_ids
-(generation: the official chat()'s build_chat_input) build the ids, so training and inference cannot drift apart.
+tokenization.conversation_labels (training: the official Baichuan2 fine-tune.py input ids and labels) and
+tokenization.prompt_ids (generation: the official chat()'s build_chat_input) build the ids, so training and inference
+cannot drift apart.
 Here `template` is that pair of ids, `(user_token_id, assistant_token_id)` (tokenization.chat_ids reads it).
 Everything that is not about the prompt format (arguments, length checks, packing, collator) is
 chinese_bloom's SFT builder, copied with `# Copied from` markers.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tokenization import conversation_segments
+from tokenization import conversation_labels
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,7 +75,7 @@ def default_max_length(records: list[dict], tokenizer, template: tuple, sample: 
     if is_generated_task(records):
         return 128
     step = max(1, len(records) // sample)
-    lengths = sorted(sum(len(ids) for ids, _ in conversation_segments(tokenizer, r["messages"], *template))
+    lengths = sorted(len(conversation_labels(tokenizer, _trained_part(r["messages"]), *template)[0])
                      for r in records[::step])
     p99 = lengths[min(len(lengths) - 1, math.ceil(0.99 * len(lengths)) - 1)]
     return int(min(1024, max(128, -(-p99 // 64) * 64)))
@@ -99,11 +100,18 @@ def check_dropped(n_dropped: int, n_records: int, max_length: int, split: str, w
 
 
 # ----------------------------------------------------------------------------- tokenise + mask
-def tokenize_conversation(messages, tokenizer, template: tuple, max_length: int):
-    """Tokenise one conversation (Baichuan2-Chat's format); labels are IGNORE_INDEX on every prompt token.
+def _trained_part(messages: list[dict]) -> list[dict]:
+    """The conversation up to its last answer (a trailing question is not trained)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages) - 1)
+    return messages[:last + 1]
 
-    `template` = (user_token_id, assistant_token_id). Every answer is trained on, in every turn, the last one
-    with EOS: tokenization.conversation_segments decides which ids those are (the official fine-tune's labels).
+
+def tokenize_conversation(messages, tokenizer, template: tuple, max_length: int):
+    """Tokenise one conversation (Baichuan2-Chat's format) with the official fine-tune labels.
+
+    `template` = (user_token_id, assistant_token_id). tokenization.conversation_labels gives the official
+    Baichuan2 fine-tune.py ids and labels: every answer is trained on, in every turn, the label at each user token
+    is EOS (the answer before it ends there), the conversation ends with EOS; questions and the 195/196 ids are -100.
     Truncation rule: whole turns are kept from the start. The conversation is cut after the last answer that
     still fits in `max_length` and encoded again, so the kept last answer ends with EOS exactly as a
     conversation of that length would; if not even the first answer fits, returns None (the caller counts it as
@@ -111,10 +119,14 @@ def tokenize_conversation(messages, tokenizer, template: tuple, max_length: int)
     """
     ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]  # a trailing question is not trained
     for end in reversed(ends):
-        segments = conversation_segments(tokenizer, messages[:end + 1], *template)
-        if sum(len(ids) for ids, _ in segments) <= max_length:
-            return {"input_ids": [i for ids, _ in segments for i in ids],
-                    "labels": [i if trained else IGNORE_INDEX for ids, trained in segments for i in ids]}
+        try:
+            input_ids, labels = conversation_labels(tokenizer, messages[:end + 1], *template)
+        except ValueError as e:  # e.g. a system message that is not the first one
+            raise SystemExit(f"--train_file: a conversation cannot be written in Baichuan's chat format ({e}): "
+                             f"{json.dumps(messages, ensure_ascii=False)[:200]}. Fix: clean the data (clean_data.py) "
+                             f"and keep a system message only as the first message")
+        if len(input_ids) <= max_length:
+            return {"input_ids": input_ids, "labels": labels}
     return None
 
 

@@ -9,7 +9,7 @@ import torch
 import clean_data
 from dataset import (IGNORE_INDEX, SFTCollator, build_sft_dataset, left_pad, pack_examples,
                      tokenize_conversation)
-from tokenization import conversation_segments, prompt_ids
+from tokenization import conversation_labels, conversation_segments, prompt_ids
 
 U, A = (lambda c: {"role": "user", "content": c}), (lambda c: {"role": "assistant", "content": c})
 
@@ -94,17 +94,22 @@ def test_generated_splits_share_no_question(clean_dir):
 MULTI = [U("你好"), A("你好！"), U("3千米等于多少米？"), A("3000米")]
 
 
-def test_labels_on_every_answer_and_eos_only(bc_tokenizer):
-    """Baichuan2-Chat's format: user_token_id question assistant_token_id answer ... eos; the labels are the answers
-    (and the final eos), -100 on the turn markers and the questions."""
+def test_labels_are_the_official_fine_tune_labels(bc_tokenizer):
+    """Baichuan2-Chat's format: user_token_id question assistant_token_id answer ... eos. The labels are the official
+    fine-tune.py's: the answers and the final eos, eos at each user token (the answer before it ends there), -100 on
+    the assistant token and the questions."""
     tok, template = bc_tokenizer
     user_id, assistant_id = template
+    eos = tok.eos_token_id
     ex = tokenize_conversation(MULTI, tok, template, max_length=512)
+    assert (ex["input_ids"], ex["labels"]) == conversation_labels(tok, MULTI, *template)
     assert ex["input_ids"] == [i for ids, _ in conversation_segments(tok, MULTI, *template) for i in ids]
     assert ex["input_ids"].count(user_id) == 2 and ex["input_ids"].count(assistant_id) == 2
-    assert ex["input_ids"][-1] == tok.eos_token_id and ex["labels"][-1] == tok.eos_token_id
-    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ex["input_ids"], ex["labels"]))
-    trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]
+    assert ex["input_ids"][-1] == eos and ex["labels"][-1] == eos
+    assert all(lab in (IGNORE_INDEX, t) or (t == user_id and lab == eos) for t, lab in zip(ex["input_ids"], ex["labels"]))
+    second_user = [i for i, t in enumerate(ex["input_ids"]) if t == user_id][1]
+    assert ex["labels"][second_user] == eos  # the first answer ends with eos in the loss (its input is 195)
+    trained = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == t]
     assert user_id not in trained and assistant_id not in trained
     text = tok.decode(trained, skip_special_tokens=True).replace(" ", "")
     assert "你好！" in text and "3000米" in text and "3千米" not in text
@@ -126,6 +131,13 @@ def test_truncation_keeps_whole_answers(bc_tokenizer):
     assert len(ds) == 0 and dropped == 3
     # a trailing question without an answer is ignored, not an error
     assert tokenize_conversation(long[:3], tok, template, max_length=512) == first
+
+
+def test_a_system_message_after_the_first_is_one_line(bc_tokenizer):
+    tok, template = bc_tokenizer
+    with pytest.raises(SystemExit, match="--train_file: a conversation cannot be written in Baichuan's chat format"):
+        tokenize_conversation([U("你好"), A("你好！"), {"role": "system", "content": "x"}, U("再见"), A("再见")],
+                              tok, template, max_length=512)
 
 
 def test_left_padding_for_generation():
