@@ -74,6 +74,71 @@ def real_dir():
     return REAL_DIR
 
 
+def reference_logits(sd: dict, cfg: dict, ids: torch.Tensor) -> torch.Tensor:
+    """Logits of an OFFICIAL Baichuan state dict written from the equations (not this folder's code), fp64:
+    RMSNorm, fused W_pack = [q; k; v], RoPE (rotate-half, base 10000) or ALiBi (-slope_h * (i - j)), causal softmax,
+    SwiGLU, NormHead (rows of lm_head / their L2 norm) when norm_head."""
+    import math
+    w = {k: v.double() for k, v in sd.items()}
+    h, n = cfg["hidden_size"], cfg["num_attention_heads"]
+    d, eps, t = h // n, cfg.get("rms_norm_eps", 1e-6), ids.shape[1]
+    def norm(x, g):
+        return g * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    pos = torch.arange(t, dtype=torch.float64)
+    causal = torch.full((t, t), float("-inf"), dtype=torch.float64).triu(1)
+    if cfg["position_embedding"] == "ALIBI":
+        p2 = 2 ** math.floor(math.log2(n))
+        slopes = [2 ** (-8 * (k + 1) / p2) for k in range(p2)] + [2 ** (-8 * (2 * k + 1) / (2 * p2)) for k in range(n - p2)]
+        bias = -torch.tensor(slopes, dtype=torch.float64)[:, None, None] * (pos[:, None] - pos[None, :])
+    else:
+        inv = 1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+        ang = torch.cat([pos[:, None] * inv[None]] * 2, dim=-1)
+        cos, sin = ang.cos(), ang.sin()
+        def rope(x):
+            return x * cos + torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1) * sin
+        bias = torch.zeros(n, t, t, dtype=torch.float64)
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        a = norm(x, w[p + "input_layernorm.weight"])
+        q, k, v = (z.view(*z.shape[:2], n, d).transpose(1, 2) for z in (a @ w[p + "self_attn.W_pack.weight"].T).split(h, -1))
+        if cfg["position_embedding"] == "ROPE":
+            q, k = rope(q), rope(k)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias + causal, dim=-1) @ v
+        x = x + att.transpose(1, 2).reshape(*x.shape) @ w[p + "self_attn.o_proj.weight"].T
+        m = norm(x, w[p + "post_attention_layernorm.weight"])
+        gate, up = m @ w[p + "mlp.gate_proj.weight"].T, m @ w[p + "mlp.up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+    head = w["lm_head.weight"]
+    if cfg["norm_head"]:
+        head = head / head.norm(dim=-1, keepdim=True)
+    return norm(x, w["model.norm.weight"]) @ head.T
+
+
+def official_state(src) -> dict:
+    """All tensors of an official sharded .bin checkpoint."""
+    sd = {}
+    for f in sorted(Path(src).glob("pytorch_model-*.bin")):
+        sd |= torch.load(f, weights_only=True)
+    return sd
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """(reference_logits, official_state): the equations, for tests (a test module cannot import this conftest)."""
+    return reference_logits, official_state
+
+
+@pytest.fixture(scope="session")
+def tiny_variants(tmp_path_factory, sp_model):
+    """{variant: official-format dir} for the four variants, tiny random weights (6 heads: a non-power-of-two)."""
+    from model import write_tiny_official
+    root = tmp_path_factory.mktemp("variants")
+    return {v: write_tiny_official(root / v, v, sp_model, seed=SEED, hidden_size=48, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=6, model_max_length=64)
+            for v in ("baichuan-7b", "baichuan-13b", "baichuan2-7b", "baichuan2-13b")}
+
+
 # Copied from chinese_classifier/tests/conftest.py:notebook_runner
 @pytest.fixture(scope="session")
 def notebook_runner():
