@@ -126,7 +126,9 @@ def tokenize_conversation(messages, tokenizer, template: tuple, max_length: int)
                              f"{json.dumps(messages, ensure_ascii=False)[:200]}. Fix: clean the data (clean_data.py) "
                              f"and keep a system message only as the first message")
         if len(input_ids) <= max_length:
-            return {"input_ids": input_ids, "labels": labels}
+            # the label at position 0 is never used alone (labels shift by one), but in a packed row it would be the
+            # target of the previous sample's last token: -100 there, so packing changes no sample's loss
+            return {"input_ids": input_ids, "labels": [IGNORE_INDEX] + labels[1:]}
     return None
 
 

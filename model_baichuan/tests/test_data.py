@@ -102,7 +102,9 @@ def test_labels_are_the_official_fine_tune_labels(bc_tokenizer):
     user_id, assistant_id = template
     eos = tok.eos_token_id
     ex = tokenize_conversation(MULTI, tok, template, max_length=512)
-    assert (ex["input_ids"], ex["labels"]) == conversation_labels(tok, MULTI, *template)
+    official_ids, official_labels = conversation_labels(tok, MULTI, *template)
+    # position 0's label is never a target alone (labels shift); -100 so that packing cannot use it
+    assert ex["input_ids"] == official_ids and ex["labels"] == [IGNORE_INDEX] + official_labels[1:]
     assert ex["input_ids"] == [i for ids, _ in conversation_segments(tok, MULTI, *template) for i in ids]
     assert ex["input_ids"].count(user_id) == 2 and ex["input_ids"].count(assistant_id) == 2
     assert ex["input_ids"][-1] == eos and ex["labels"][-1] == eos
