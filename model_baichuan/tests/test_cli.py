@@ -48,7 +48,7 @@ BAD = [
     (["--lora_alpha", "-1"], "--lora_alpha: must be > 0"),
     (["--lora_dropout", "1.5"], "--lora_dropout"),
     (["--use_lora", "true"], "--use_lora: LoRA needs a trained base"),
-    (["--tokenizer_vocab_size", "100"], "--tokenizer_vocab_size: must be >= 509"),
+    (["--tokenizer_vocab_size", "100"], "--tokenizer_vocab_size: must be >= "),
     ("vocab_with_model", "--tokenizer_vocab_size: only for the offline default"),
     (["--train_file", "/no/train.jsonl"], "--train_file: /no/train.jsonl does not exist"),
     (["--max_length", "-1"], "--max_length: must be > 0"),
