@@ -99,7 +99,7 @@ class BaichuanConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     position_embedding: str | None = None
     norm_head: bool | None = None
-    z_loss_weight: float = 0.0
+    z_loss_weight: float | int = 0.0
     mlp_bias: bool = False  # LlamaMLP reads it; Baichuan has no biases
     attention_dropout: float = 0.0
 
@@ -240,7 +240,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(BaichuanDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.register_buffer("slopes", torch.tensor(alibi_slopes(config.num_attention_heads)), persistent=False)
+        self.slopes = alibi_slopes(config.num_attention_heads)  # a list, not a buffer: from_pretrained builds on meta
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -259,9 +259,12 @@ class BaichuanModel(BaichuanPreTrainedModel):
         q_len = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = (torch.arange(q_len, device=inputs_embeds.device) + past).unsqueeze(0)
+        # an empty DynamicCache changes nothing in the mask but would hide packed position_ids from it
+        empty = past == 0 and type(cache) is DynamicCache
         mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  cache=cache, position_ids=position_ids, allow_is_causal_skip=False)
-        mask = alibi_mask(mask, self.slopes.to(inputs_embeds.device), past, q_len, inputs_embeds.dtype)
+                                  cache=None if empty else cache, position_ids=position_ids, allow_is_causal_skip=False)
+        slopes = torch.tensor(self.slopes, device=inputs_embeds.device)
+        mask = alibi_mask(mask, slopes, past, q_len, inputs_embeds.dtype)
         hidden_states = inputs_embeds
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_ids=position_ids, cache=cache,
