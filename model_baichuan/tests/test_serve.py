@@ -404,6 +404,7 @@ def test_sigterm_stops_server_during_generation(tiny, tmp_path, server_process):
     endless = copy.deepcopy(model)  # EOS's head row 0: its logit 0 is (almost) never the largest
     with torch.no_grad():
         endless.lm_head.weight[tok.eos_token_id] = 0
+    endless.generation_config.user_token_id, endless.generation_config.assistant_token_id = TEMPLATE  # as Baichuan2-Chat
     endless.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     with server_process([str(FOLDER / "serve.py"), "--model_dir", str(tmp_path / "m"),
