@@ -146,6 +146,8 @@ def alibi_bias(slopes: torch.Tensor, q_start: int, q_len: int, kv_len: int) -> t
 def alibi_mask(mask, slopes: torch.Tensor, q_start: int, q_len: int, dtype) -> torch.Tensor:
     """The causal/padding/packing mask of create_causal_mask (bool: True = attend, or additive float) + ALiBi:
     one additive float mask (batch, heads, q, kv) shared by all layers."""
+    if mask.stride(0) == 0:  # the same for every row (no padding): keep it (1, heads, q, kv), broadcast by SDPA
+        mask = mask[:1]
     bias = alibi_bias(slopes.float(), q_start, q_len, mask.shape[-1])[None]
     lowest = torch.finfo(dtype).min
     if mask.dtype == torch.bool:
