@@ -94,13 +94,18 @@ def test_trainer_loss_packed_equals_unpacked(bc_tokenizer, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_flattening_position_ids_alone_leak(kind):
-    """Why the 4D mask is needed: restarted position_ids alone (DataCollatorWithFlattening, no mask) do not
-    isolate the samples on CPU; the second sample's logits change when the first is packed before it."""
+def test_flattening_position_ids_alone(kind):
+    """Why SFTCollator sends the 4D mask: restarted position_ids alone (DataCollatorWithFlattening, no mask) do not
+    isolate the samples of LlamaForCausalLM on CPU (the second sample's logits change when the first is packed before
+    it). This folder's ALiBi model derives the block-diagonal mask from restarted position_ids itself (model.py), so
+    there they are isolated either way."""
     model = tiny_model(kind, "sdpa")
     a, b = torch.randint(5, 1000, (6,)).tolist(), torch.randint(5, 1000, (6,)).tolist()
     batch = DataCollatorWithFlattening()([{"input_ids": a}, {"input_ids": b}])
     with torch.no_grad():
         alone = model(input_ids=torch.tensor([b])).logits[0]
-        leaked = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, 6:]
-    assert (alone - leaked).abs().max() > 1e-3
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, 6:]
+    if kind == "llama":
+        assert (alone - packed).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
