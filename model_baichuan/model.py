@@ -196,26 +196,17 @@ class BaichuanDecoderLayer(LlamaDecoderLayer):
 
 class NormHead(nn.Linear):
     """Baichuan2's output head: logits = h @ normalize(W)^T, computed as (h @ W^T) / ||W_row|| (same values, no
-    normalised copy of the [vocab, hidden] weight). The stored weight is never changed; without grad the row
-    norms are cached until the weight changes."""
+    normalised copy of the [vocab, hidden] weight). The stored weight is never changed. The row norms are recomputed
+    on every call (vocab x hidden, small next to the matmul): optimizers update the weight in place without always
+    bumping its version counter, so a cache keyed on it served stale norms after training."""
 
     def __init__(self, hidden_size: int, vocab_size: int):
         super().__init__(hidden_size, vocab_size, bias=False)
-        self._norms, self._key = None, None
-
-    def row_norms(self) -> torch.Tensor:
-        w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return torch.linalg.vector_norm(w, dim=-1, dtype=torch.float32).clamp_min(1e-12)
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
-        if self._key != key:
-            self._norms = torch.linalg.vector_norm(w.detach(), dim=-1, dtype=torch.float32).clamp_min(1e-12)
-            self._key = key
-        return self._norms
 
     def forward(self, hidden_states):
+        norms = torch.linalg.vector_norm(self.weight, dim=-1, dtype=torch.float32).clamp_min(1e-12)
         logits = F.linear(hidden_states, self.weight)
-        return (logits.float() / self.row_norms()).to(logits.dtype)
+        return (logits.float() / norms).to(logits.dtype)
 
 
 class BaichuanPreTrainedModel(PreTrainedModel):
