@@ -41,7 +41,7 @@ MARKER = re.compile(r"^(?P<indent>\s*)# Copied from (?P<path>[^\s:]+)(?::(?P<nam
 BLOCK_START = re.compile(r"^# >>> (?P<name>[\w-]+) \(copied: (?P<path>[^\s)]+)\)\s*$")
 # copy -> source; whole files compared byte for byte (JSON has no comments to hold a marker)
 FULL_COPIES = {f"{folder}/ds_{n}.json": f"chinese_bloom/ds_{n}.json"
-               for folder in ("model_clm", "chatglm_v2_6b_lora") for n in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
+               for folder in ("model_clm", "chatglm_v2_6b_lora", "model_baichuan") for n in ("zero2", "zero2_offload", "zero3", "zero3_offload")}
 SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "outputs", "node_modules", ".ipynb_checkpoints"}
 
 
