@@ -18,7 +18,7 @@ STEPS = [
     "official Baichuan / Baichuan2 dir (remote code, fused W_pack, .bin / safetensors)\nor offline: SentencePiece + tiny random ALiBi + NormHead model, official format",
     "model.load_baichuan: 7B (RoPE) -> LlamaForCausalLM, converted once (W_pack split)\n13B (ALiBi) -> this folder's BaichuanForCausalLM, loads directly; no remote code",
     "generated task, or Alpaca-BELLE / sharegpt / OpenAI messages\nclean_data.py -> train / validation / test.jsonl + rejects.jsonl + summary.json",
-    "dataset.py: conversation_segments (user 195 / assistant 196, official labels)\nloss on every answer; whole turns kept; packing, 4D block-diagonal mask",
+    "dataset.py: conversation_labels (user 195 / assistant 196, official labels)\nloss on every answer; whole turns kept; packing, 4D block-diagonal mask",
     "train.py: LoRA (peft, W_pack or q/k/v_proj) or full; Trainer (python / torchrun / ZeRO)\nexact match on held-out questions before and after; adapter-only saves; resume",
     "merge.py -> full checkpoint (adapter merged)",
     "infer.ipynb: chat / stream_chat (official (response, history) shape)\nserve.py: OpenAI API on 127.0.0.1; device_map.py: layers over several GPUs",

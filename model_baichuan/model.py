@@ -287,6 +287,8 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if self.config.z_loss_weight:  # Baichuan2's z-loss (0 in the releases): mean max-logit^2, every position
+                loss = loss + self.config.z_loss_weight * logits[:, :-1].float().amax(-1).pow(2).mean()
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states,
                                       attentions=out.attentions)
 
@@ -381,8 +383,11 @@ def official_config(variant: str, vocab_size: int, **small_config) -> dict:
                num_attention_heads=40 if big else 32, num_hidden_layers=40 if big else 32, rms_norm_eps=1e-6,
                tie_word_embeddings=False, torch_dtype="float32", transformers_version="4.29.2", use_cache=True,
                vocab_size=vocab_size, gradient_checkpointing=False)
-    length = "model_max_length" if big or v2 else "max_position_embeddings"
-    cfg[length] = small_config.pop("model_max_length", MODEL_MAX_LENGTH)
+    length = small_config.pop("model_max_length", MODEL_MAX_LENGTH)
+    if not big:  # the 7B releases: max_position_embeddings (Baichuan2-7B also model_max_length); 13B: model_max_length
+        cfg["max_position_embeddings"] = length
+    if big or v2:
+        cfg["model_max_length"] = length
     if v2:
         cfg["z_loss_weight"] = 0
     cfg |= small_config

@@ -17,12 +17,11 @@ Chat format of Baichuan2-Chat (the official `generation_utils.build_chat_input` 
 generation_config.json open the turns, the contents are `tokenizer.encode(content)`:
 
     [system ids] 195 q1 196 a1 195 q2 196          <- prompt_ids (generation), history left-truncated as official
-    195 q1 196 a1 195 q2 196 a2 </s>               <- training input (conversation_labels / conversation_segments)
+    195 q1 196 a1 195 q2 196 a2 </s>               <- training input (conversation_labels)
 
 Official labels (fine-tune.py): every answer's ids, the final </s>, and at each later user token the label
-</s> (the input there is 195: "an answer ends here"). `conversation_labels` reproduces them exactly;
-`conversation_segments` gives the same input as (ids, trained) runs (labels = ids where trained), which cannot
-express a label that differs from its input: there the token after a mid-conversation answer is not trained.
+</s> (the input there is 195: "an answer ends here"). `conversation_labels` reproduces them exactly (a label
+that differs from its input, so they are kept as (input_ids, labels), not as trained/untrained runs).
 """
 import json
 from pathlib import Path
@@ -128,20 +127,6 @@ def conversation_labels(tokenizer, messages: list[dict], user_id: int, assistant
         ids += turn
         labels += [eos] + [IGNORE_INDEX] * (len(turn) - 1) if role == "user" else [IGNORE_INDEX] + turn[1:]
     return ids + [eos], labels + [eos]
-
-
-def conversation_segments(tokenizer, messages: list[dict], user_id: int, assistant_id: int) -> list[tuple[list[int], bool]]:
-    """The same input ids as conversation_labels as (ids, trained) runs: trained = every answer's ids and the final
-    eos. (The official label eos at a later user token is not expressible as "label = input": not trained here.)"""
-    ids, labels = conversation_labels(tokenizer, messages, user_id, assistant_id)
-    segs = []
-    for i, label in zip(ids, labels):
-        trained = label == i
-        if segs and segs[-1][1] == trained:
-            segs[-1][0].append(i)
-        else:
-            segs.append(([i], trained))
-    return segs
 
 
 def prompt_ids(tokenizer, messages: list[dict], user_id: int, assistant_id: int,

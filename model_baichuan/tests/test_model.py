@@ -208,6 +208,20 @@ def test_gradient_checkpointing_same_loss_and_grads():
         assert torch.allclose(p.grad, grads[n], atol=1e-6), n
 
 
+def test_z_loss_is_the_official_formula():
+    """Baichuan2's fine-tuning loss: cross-entropy + z_loss_weight * mean over all shifted positions of max logit^2."""
+    model = tiny(seed=6)
+    labels = IDS.clone()
+    labels[:, :3] = -100  # the z-loss still counts those positions, as the official code
+    out = model(IDS, labels=labels)
+    model.config.z_loss_weight = 0.25
+    with_z = model(IDS, labels=labels).loss
+    ce = F.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1))
+    z = out.logits[:, :-1].reshape(-1, out.logits.shape[-1]).max(-1).values.pow(2).mean()
+    assert torch.allclose(out.loss, ce, atol=1e-6) and torch.allclose(with_z, ce + 0.25 * z, atol=1e-6)
+    assert with_z - out.loss > 1e-3  # it is not a no-op
+
+
 def test_model_arguments_fail_fast():
     for argv, match in [({"lora_r": 0}, "--lora_r: must be > 0"), ({"lora_dropout": 1.0}, "--lora_dropout"),
                         ({"lora_target_modules": "query_key_value"}, "--lora_target_modules: unknown"),

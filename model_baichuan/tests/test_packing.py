@@ -69,7 +69,7 @@ def test_packed_loss_equals_unpacked(kind, attn):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_trainer_loss_packed_equals_unpacked(bc_tokenizer, kind):
-    """The whole path on real chat records (conversation_segments -> build_sft_dataset -> collator -> model's own
+    """The whole path on real chat records (conversation_labels -> build_sft_dataset -> collator -> model's own
     loss): the token-weighted loss of the packed dataset equals that of the unpacked one."""
     records = [{"messages": [{"role": "user", "content": f"{a}加{b}等于多少？"},
                              {"role": "assistant", "content": str(a + b)}]} for a, b in [(1, 2), (13, 29), (40, 7)]]

@@ -6,7 +6,7 @@ import pytest
 import sentencepiece as spm
 
 from model import load_tokenizer
-from tokenization import build_tokenizer, chat_ids, conversation_labels, conversation_segments, prompt_ids
+from tokenization import build_tokenizer, chat_ids, conversation_labels, prompt_ids
 
 VARIED = ["你好，世界！今天天气很好。", "我们一起学习自然语言处理，1+1=2，12345。", "Hello world, this is English text.",
           "问：中国的首都是哪里？\n\n答：北京。", "  两个空格\t制表符\n换行 😀 全角，。！？", " 前导空格", "末尾空格  ",
@@ -105,9 +105,5 @@ def test_training_labels_equal_fine_tune_py(sp_model):
             labels += [-100] + value
     ids, labels = ids + [2], labels + [2]
     assert conversation_labels(tok, conv, 195, 196) == (ids, labels)
-    segs = conversation_segments(tok, conv, 195, 196)
-    assert [i for s, _ in segs for i in s] == ids
-    trained = [i if t else -100 for s, t in segs for i in s]
-    assert trained == [label if label == i else -100 for i, label in zip(ids, labels)]
     with pytest.raises(ValueError, match="end with an assistant"):
         conversation_labels(tok, CHAT, 195, 196)
