@@ -1,7 +1,7 @@
 """Offline stand-ins for the real tokenizers the vocabulary tools work on, saved as stock Hugging Face directories.
 
     python train_tokenizer.py                                      # all three, on the clean People's Daily corpus
-    python train_tokenizer.py --kind llama --vocab_size 4000 --output_dir outputs/tokenizers/llama
+    python train_tokenizer.py --kind llama --vocab_size 8000 --output_dir outputs/tokenizers   # -> outputs/tokenizers/llama
 
 kind "llama":      an English-centric SentencePiece BPE model with byte fallback, trained with LLaMA's trainer settings
                    on English text available offline (the docstrings of the Python standard library) plus a small share
@@ -38,7 +38,7 @@ class TokenizerArguments:
     kind: str = field(default="all", metadata={"help": f"one of {', '.join(KINDS)}, or all"})
     train_file: str = field(default=str(HERE / "data/cache/clean/train.jsonl"), metadata={"help": "clean jsonl (clean_data.py)"})
     vocab_size: int | None = field(default=None, metadata={"help": f"default per kind: {DEFAULT_VOCAB}"})
-    output_dir: str = field(default=str(HERE / "outputs/tokenizers"), metadata={"help": "kind=all: one sub-directory per kind"})
+    output_dir: str = field(default=str(HERE / "outputs/tokenizers"), metadata={"help": "one sub-directory per kind: <output_dir>/llama ..."})
     max_docs: int | None = field(default=None, metadata={"help": "train on the first N documents only"})
 
     def __post_init__(self):
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = KINDS if args.kind == "all" else (args.kind,)
     sizes = {}
     for kind in kinds:
-        out = Path(args.output_dir) / kind if args.kind == "all" else Path(args.output_dir)
+        out = Path(args.output_dir) / kind
         tok = train_tokenizer(kind, texts, args.vocab_size, out)
         sizes[kind] = len(tok)
         print(f"{kind}: {len(tok)} tokens -> {out}")
