@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, HfArgumentParser
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, LogitsProcessorList
 
 from model import ModelArguments, count_parameters
 
@@ -126,9 +126,27 @@ def bpe_trace(symbols: list[str], rank: dict) -> list[tuple[str, str]]:
     return used
 
 
-def is_alphabet_token(token: str) -> bool:
-    """One character (byte-level BPE's 256 byte characters, char BPE's characters) or a byte-fallback <0xXX>."""
-    return len(token) == 1 or (len(token) == 6 and token.startswith("<0x") and token.endswith(">"))
+def is_alphabet_token(token: str, byte_fallback: bool) -> bool:
+    """What keeps any text encodable: with byte fallback the <0xXX> tokens, else the single characters
+    (byte-level BPE's 256 byte characters; a character BPE's characters)."""
+    if byte_fallback:
+        return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+    return len(token) == 1
+
+
+def bpe_fixed_point(keep: set, merges: list, base: set) -> tuple[set, list, list]:
+    """(tokens, merges, dropped tokens): a merge stays only when its two parts AND its result are kept; a token that
+    is not a base token (no merge produces it) and that no remaining merge produces is dropped; repeat until
+    nothing changes (dropping a token can remove the merges that built longer tokens)."""
+    keep, dropped = set(keep), []
+    while True:
+        kept_merges = [m for m in merges if m[0] in keep and m[1] in keep and m[0] + m[1] in keep]
+        results = {a + b for a, b in kept_merges}
+        unreachable = {t for t in keep if t not in base and t not in results}
+        if not unreachable:
+            return keep, kept_merges, dropped
+        dropped += sorted(unreachable)
+        keep -= unreachable
 
 
 def remap_ids(node, id_map: dict):
@@ -166,7 +184,8 @@ def prune_bpe_tokenizer(tokenizer_json: dict, texts: list[str], min_freq: int = 
     counts = Counter(i for enc in backend.encode_batch(texts, add_special_tokens=False) for i in enc.ids)
     corpus = {id_to_token[i] for i, c in counts.items() if c >= min_freq}
     keep = set(corpus) & set(vocab)
-    alphabet = {t for t in vocab if t not in produced and is_alphabet_token(t)} if keep_bytes else set()
+    alphabet = ({t for t in vocab if t not in produced and is_alphabet_token(t, model.get("byte_fallback", False))}
+                if keep_bytes else set())
     specials = {a["content"] for a in added} if keep_special_tokens else set()
     extra = {id_to_token[i] for i in extra_ids if i in id_to_token}
     keep |= (alphabet | extra) & set(vocab)
@@ -179,16 +198,7 @@ def prune_bpe_tokenizer(tokenizer_json: dict, texts: list[str], min_freq: int = 
     n_closure = len(keep) - n_before
     # fixed point: a kept merge needs its parts and result kept; a kept token must be a base token or the result
     # of a kept merge (anything else the encoder can no longer produce)
-    base = alphabet | specials | extra | {t for t in vocab if t not in produced}
-    dropped_unreachable = []
-    while True:
-        results = {a + b for a, b in merges if a in keep and b in keep and a + b in keep}
-        unreachable = {t for t in keep if t not in base and t not in results}
-        if not unreachable:
-            break
-        dropped_unreachable += sorted(unreachable)
-        keep -= unreachable
-    kept_merges = [m for m in merges if m[0] in keep and m[1] in keep and m[0] + m[1] in keep]
+    keep, kept_merges, dropped_unreachable = bpe_fixed_point(keep, merges, base={t for t in vocab if t not in produced})
     kept_ids = sorted({vocab[t] for t in keep} | {a["id"] for a in added if a["content"] in specials or
                                                   a["content"] in keep or a["content"] in corpus})
     id_map = {old: new for new, old in enumerate(kept_ids)}
@@ -242,6 +252,8 @@ def prune_sp_model(model_bytes: bytes, texts: list[str], min_freq: int = 1, keep
         if keep_bytes and (p.type == BYTE or (not byte_fallback and p.type == NORMAL and len(p.piece) == 1)):
             keep.add(i)  # without byte fallback the single characters keep every character encodable
     keep |= {i for i in extra_ids if i < len(pieces)}
+    if not is_bpe:  # unigram scores an unknown character min(score) - 10: keep the piece that sets the minimum
+        keep.add(min((p.score, i) for i, p in enumerate(pieces) if p.type == NORMAL)[1])
     index = {p.piece: i for i, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED)}
     n_closure = 0
     if is_bpe:  # closure: the pieces BPE passes through while building each kept piece
@@ -338,7 +350,10 @@ def write_tokenizer(src: Path, out: Path, kind: str, texts, min_freq, keep_speci
         tj = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
         new, kept_ids, stats = prune_bpe_tokenizer(tj, texts, **kwargs)
         (out / "tokenizer.json").write_text(json.dumps(new, ensure_ascii=False, indent=1), encoding="utf-8")
-    else:
+    else:  # the HF tokenizer is converted from the proto (same ids): keep what its BPE merges pass through too
+        backend = json.loads(AutoTokenizer.from_pretrained(src).backend_tokenizer.to_str())
+        if backend["model"].get("type") == "BPE":
+            kwargs["extra_ids"] = set(extra_ids) | set(prune_bpe_tokenizer(backend, texts, **kwargs)[1])
         new, kept_ids, stats = prune_sp_model((src / "tokenizer.model").read_bytes(), texts, **kwargs)
         (out / "tokenizer.model").write_bytes(new)
     id_map = {old: new for new, old in enumerate(kept_ids)}
@@ -411,6 +426,8 @@ def compare_tokens(orig_tok, new_tok, texts: list[str], id_map: dict, sp_pair=No
         if sp_pair is not None:  # the SentencePiece processors themselves
             same &= sp_pair[0].encode(text, out_type=str) == sp_pair[1].encode(text, out_type=str)
         cov = all(i in id_map for i in a)
+        if sp_pair is not None:
+            cov &= all(i in id_map for i in sp_pair[0].encode(text))
         covered += cov
         identical += same
         ok_rt = new_tok.decode(b) == orig_tok.decode(a)
@@ -426,7 +443,9 @@ def compare_models(orig, new, tok, texts: list[str], id_map: dict, max_tokens=24
     """Logits of the pruned model vs the original's at the kept ids; greedy generations (the original limited to
     the kept ids, the vocabulary the pruned model has) mapped through id_map."""
     kept = torch.tensor(sorted(id_map, key=id_map.get))
-    dropped = sorted(set(range(orig.config.vocab_size)) - set(id_map))
+    dropped = torch.ones(orig.config.vocab_size, dtype=torch.bool)
+    dropped[kept] = False
+    only_kept = LogitsProcessorList([lambda input_ids, scores: scores.masked_fill(dropped, float("-inf"))])
     max_diff, same_gen, orig_in_vocab = 0.0, 0, 0
     for text in texts:
         ids = tok(text, return_tensors="pt")["input_ids"][:, :max_tokens]
@@ -436,7 +455,7 @@ def compare_models(orig, new, tok, texts: list[str], id_map: dict, max_tokens=24
         max_diff = max(max_diff, (orig(ids).logits[..., kept] - new(new_ids).logits).abs().max().item())
         prompt, new_prompt = ids[:, :8], new_ids[:, :8]
         kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
-        g_orig = orig.generate(prompt, attention_mask=torch.ones_like(prompt), suppress_tokens=dropped or None,
+        g_orig = orig.generate(prompt, attention_mask=torch.ones_like(prompt), logits_processor=only_kept,
                                **kw)[0, prompt.shape[1]:]
         g_free = orig.generate(prompt, attention_mask=torch.ones_like(prompt), **kw)[0, prompt.shape[1]:]
         g_new = new.generate(new_prompt, attention_mask=torch.ones_like(new_prompt),
