@@ -5,12 +5,15 @@
     build_tiny_model("llama", vocab_size=2000, tie_word_embeddings=False)  # LlamaForCausalLM, untied lm_head
     BLOOM_560M / LLAMA_7B                                                  # real shapes (benchmark, meta device)
     load_model_and_tokenizer(path)                                         # AutoModelForCausalLM + AutoTokenizer
+
+    python model_modify/model.py --kind bloom --tokenizer_name_or_path DIR --output_dir DIR   # a tiny model dir
 """
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig, HfArgumentParser, LlamaConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,3 +95,58 @@ def load_model_and_tokenizer(path, torch_dtype: str = "float32"):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, torch_dtype)).eval()
     return model, tokenizer
+
+
+@dataclass
+class TinyModelArguments:
+    kind: str = field(default="bloom", metadata={"help": "bloom (BloomForCausalLM) or llama (LlamaForCausalLM)"})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer directory (copied in)"})
+    output_dir: str = field(default=str(HERE / "outputs/tiny_model"), metadata={"help": "the model directory"})
+    tie_word_embeddings: bool | None = field(default=None, metadata={"help": "default: bloom tied, llama untied"})
+    vocab_size: int | None = field(default=None, metadata={"help": "embedding rows, >= len(tokenizer); default "
+                                   "len(tokenizer)"})
+    seed: int = field(default=0, metadata={"help": "random init seed"})
+
+    def __post_init__(self):
+        if self.kind not in CONFIGS:
+            raise SystemExit(f"--kind: {self.kind!r} is not one of {', '.join(CONFIGS)}. Fix: --kind bloom")
+        if self.tokenizer_name_or_path is None or not Path(self.tokenizer_name_or_path).is_dir():
+            raise SystemExit(f"--tokenizer_name_or_path: {self.tokenizer_name_or_path} is not a directory. Fix: "
+                             f"python train_tokenizer.py first, then --tokenizer_name_or_path outputs/tokenizers/bpe")
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise SystemExit(f"--vocab_size: must be > 0, got {self.vocab_size}. Fix: omit it (len(tokenizer))")
+        if self.tie_word_embeddings is None:
+            self.tie_word_embeddings = self.kind == "bloom"
+
+
+def save_tiny_model(kind: str, tokenizer_dir, out_dir, tie_word_embeddings: bool = True,
+                    vocab_size: int | None = None, seed: int = 0, **dims) -> Path:
+    """A tiny random model + the tokenizer's files (tokenizer.model too) in `out_dir`; config and generation_config
+    carry the tokenizer's bos/eos/pad ids."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vocab_size = vocab_size or len(tokenizer)
+    if vocab_size < len(tokenizer):
+        raise SystemExit(f"--vocab_size: {vocab_size} < the tokenizer's {len(tokenizer)} tokens. Fix: omit it")
+    model = build_tiny_model(kind, vocab_size, tie_word_embeddings, seed, **dims)
+    for cfg in (model.config, model.generation_config):
+        cfg.bos_token_id, cfg.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in Path(tokenizer_dir).iterdir():
+        if f.is_file() and (f.name.startswith(("tokenizer", "special_tokens", "chat_template")) or f.suffix == ".model"):
+            shutil.copy(f, out / f.name)
+    model.save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    (args,) = HfArgumentParser(TinyModelArguments).parse_args_into_dataclasses(argv)
+    out = save_tiny_model(args.kind, args.tokenizer_name_or_path, args.output_dir, args.tie_word_embeddings,
+                          args.vocab_size, args.seed)
+    print(f"{args.kind} ({'tied' if args.tie_word_embeddings else 'untied'} head) -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
