@@ -149,6 +149,21 @@ def bpe_fixed_point(keep: set, merges: list, base: set) -> tuple[set, list, list
         keep -= unreachable
 
 
+def post_processor_ids(node) -> set[int]:
+    """The special-token ids a post-processor inserts."""
+    if isinstance(node, dict):
+        ids = set()
+        for k, v in node.items():
+            if k == "ids" and isinstance(v, list):
+                ids |= set(v)
+            elif k in ("sep", "cls") and isinstance(v, list) and len(v) == 2 and isinstance(v[1], int):
+                ids.add(v[1])
+            else:
+                ids |= post_processor_ids(v)
+        return ids
+    return set().union(*map(post_processor_ids, node)) if isinstance(node, list) else set()
+
+
 def remap_ids(node, id_map: dict):
     """Post-processor JSON with every special-token id mapped (TemplateProcessing, Bert/Roberta, Sequence)."""
     if isinstance(node, dict):
@@ -187,6 +202,7 @@ def prune_bpe_tokenizer(tokenizer_json: dict, texts: list[str], min_freq: int = 
     alphabet = ({t for t in vocab if t not in produced and is_alphabet_token(t, model.get("byte_fallback", False))}
                 if keep_bytes else set())
     specials = {a["content"] for a in added} if keep_special_tokens else set()
+    specials |= {id_to_token[i] for i in post_processor_ids(tokenizer_json.get("post_processor"))}  # always needed
     extra = {id_to_token[i] for i in extra_ids if i in id_to_token}
     keep |= (alphabet | extra) & set(vocab)
     # closure: the merges that build each kept token (a function of the token alone: BPE never merges across
