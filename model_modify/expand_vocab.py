@@ -17,10 +17,12 @@ has priority, so the new encoding of any text is the old one with some neighbour
 neighbours form a new merge (English, say) encodes exactly as before.
 Model: embeddings and head grow to the new vocabulary; new ids start at the model's OLD number of rows (never on
 an old padding row, where the original zero_nlp put ~150 new tokens), rows padded to --pad_to_multiple_of; each new
-row (input and output, tied or untied) = the mean of the old rows of the pieces the OLD tokenizer splits it into.
+input row (and a tied head's) = the mean of the old rows of the pieces the OLD tokenizer splits it into; an untied
+head's new rows = the mean of all old head rows (--head_init mean; measured in the README: the split's mean at the
+head, --head_init split_mean, gives byte-split pieces high logits wherever the old model expects those bytes).
 Verification (expand_report.json): old ids unchanged, old-id text gives the same logits at the old ids, tokens per
 Chinese character before/after on held-out text, loss per character of the untrained expanded model (mean init vs
-random init) against the original's.
+random init; on the old ids and on the new ids) against the original's.
 """
 import json
 import math
@@ -39,7 +41,7 @@ DEFAULT_HELD_OUT = HERE / "data/cache/clean/test.jsonl"
 
 @dataclass
 class ExpandArguments:
-    model_name_or_path: str | None = field(default=str(HERE / "outputs/base_llama"), metadata={"help": "causal LM dir (model + tokenizer) to expand"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "causal LM dir (model + tokenizer) to expand; default outputs/base_llama"})
     base_sp_model: str | None = field(default=None, metadata={"help": "tokenizer only: a base tokenizer.model to merge into (no model)"})
     chinese_sp_model: str | None = field(default=None, metadata={"help": "a Chinese SentencePiece .model to merge; default: trained on --corpus"})
     corpus: str | None = field(default=str(DEFAULT_CORPUS), metadata={"help": "clean .jsonl / .txt file or dir: trains the new tokens"})
@@ -47,16 +49,18 @@ class ExpandArguments:
     max_new_tokens: int | None = field(default=None, metadata={"help": "BPE: add at most this many tokens"})
     new_piece_score: str = field(default="rank", metadata={"help": "SP: rank (fast == slow tokenizer) or zero (Chinese-LLaMA's script)"})
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "rows; default 64 if the model already had padding rows, else 1"})
-    init: str = field(default="mean", metadata={"help": "new rows: mean (of the old split's rows) or random (N(0, initializer_range))"})
+    init: str = field(default="mean", metadata={"help": "new rows: mean (input: of the old split's rows) or random (N(0, initializer_range))"})
+    head_init: str = field(default="mean", metadata={"help": "untied head rows: mean (of all old head rows) or split_mean (of the split's, like the input)"})
     held_out_file: str | None = field(default=str(DEFAULT_HELD_OUT), metadata={"help": "held-out Chinese text for the verification"})
     max_eval_texts: int = field(default=200)
     output_dir: str = field(default=str(HERE / "outputs/expanded_llama"))
     seed: int = 42
 
     def __post_init__(self):
-        if (self.model_name_or_path is None) == (self.base_sp_model is None):
-            raise SystemExit("--model_name_or_path: pass a model directory, or --base_sp_model for a tokenizer-only "
-                             "merge (not both). Fix: e.g. --model_name_or_path outputs/base_llama")
+        if self.model_name_or_path is not None and self.base_sp_model is not None:
+            raise SystemExit("--base_sp_model: a tokenizer-only merge takes no --model_name_or_path. Fix: drop one")
+        if self.model_name_or_path is None and self.base_sp_model is None:
+            self.model_name_or_path = str(HERE / "outputs/base_llama")
         if self.model_name_or_path is not None and not (Path(self.model_name_or_path) / "config.json").is_file():
             raise SystemExit(f"--model_name_or_path: {self.model_name_or_path} has no config.json. Fix: a directory "
                              f"written by save_pretrained (bash train.sh builds outputs/base_llama)")
@@ -76,6 +80,8 @@ class ExpandArguments:
             raise SystemExit(f"--new_piece_score: {self.new_piece_score!r} is not rank or zero. Fix: --new_piece_score rank")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
             raise SystemExit(f"--pad_to_multiple_of: {self.pad_to_multiple_of} must be > 0. Fix: e.g. 64, or 1 for none")
+        if self.head_init not in ("mean", "split_mean"):
+            raise SystemExit(f"--head_init: {self.head_init!r} is not mean or split_mean. Fix: --head_init mean")
         if self.init not in ("mean", "random"):
             raise SystemExit(f"--init: {self.init!r} is not mean or random. Fix: --init mean")
         if self.max_eval_texts <= 0:
@@ -172,33 +178,37 @@ def old_split(old_tokenizer, token: str) -> list[int]:
 
 @torch.no_grad()
 def resize_model(model, old_tokenizer, new_tokens: dict[str, int], pad_to_multiple_of: int = 1, init: str = "mean",
-                 seed: int = 42) -> dict:
+                 head_init: str = "mean", seed: int = 42) -> dict:
     """Grow embeddings + head to cover `new_tokens` ({token: new id}, all >= the old row count); init the new rows.
 
-    mean: row = mean of the old rows of old_split(token) (input rows, and head rows when untied); the rows that
-    only pad = mean of all old rows. random: N(0, initializer_range), as a plain resize without mean init.
+    init mean: input row = mean of the old input rows of old_split(token). The head row (untied) = the mean of ALL
+    old head rows (head_init mean: new logits start at the average logit, so the new tokens take little probability
+    from the old ones) or, head_init split_mean, the mean of the old head rows of the split as for the input (a tied
+    head always gets the input's row). Rows that only pad = mean of all old rows.
+    init random: N(0, initializer_range) for every new row, as a plain resize does.
     """
     old_rows = model.get_input_embeddings().weight.shape[0]
     assert min(new_tokens.values(), default=old_rows) >= old_rows, "a new token would land on an old row"
     rows = max(new_tokens.values(), default=old_rows - 1) + 1
     rows = -(-rows // pad_to_multiple_of) * pad_to_multiple_of
-    tied = model.get_output_embeddings() is None or \
-        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    head = model.get_output_embeddings()
+    tied = head is None or head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     model.resize_token_embeddings(rows, mean_resizing=False)
-    mats = [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight])
     gen = torch.Generator().manual_seed(seed)
     std = getattr(model.config, "initializer_range", 0.02)
-    for w in mats:
+    split = {i: old_split(old_tokenizer, token) for token, i in new_tokens.items()}
+    for w, by_split in [(model.get_input_embeddings().weight, True)] + \
+            ([] if tied else [(model.get_output_embeddings().weight, head_init == "split_mean")]):
         if init == "random":
             w[old_rows:] = torch.randn(rows - old_rows, w.shape[1], generator=gen).to(w) * std
             continue
         w[old_rows:] = w[:old_rows].mean(0)
-        for token, i in new_tokens.items():
-            parts = old_split(old_tokenizer, token)
-            if parts:
+        for i, parts in split.items():
+            if parts and by_split:
                 w[i] = w[parts].mean(0)
     model.config.vocab_size = rows
     return {"old_rows": old_rows, "new_rows": rows, "tied": tied, "init": init,
+            "head_init": "tied" if tied else head_init if init == "mean" else "random",
             "first_new_id": min(new_tokens.values(), default=None), "last_new_id": max(new_tokens.values(), default=None)}
 
 
@@ -258,6 +268,20 @@ def verify(old_model, new_model, old_tokenizer, new_tokenizer, held_out: list[st
     return report
 
 
+def compare_inits(args, original, model, old_tokenizer, new_tokenizer, new_ids: dict, pad: int, texts: list[str]) -> dict:
+    """Loss per character (nats) on held-out text: the original; the expanded untrained model on the OLD ids (close to
+    the original when the new rows take little probability) and on the NEW ids (where the second stage starts),
+    for this run's init and for the contrast (random vs mean)."""
+    out = {"nll_per_char_original": nll_per_char(original, old_tokenizer, texts)}
+    contrast = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32).eval()
+    other = "random" if args.init == "mean" else "mean"
+    resize_model(contrast, old_tokenizer, new_ids, pad, other, args.head_init, args.seed)
+    for init, m in ((args.init, model), (other, contrast)):
+        out[f"nll_per_char_old_ids_{init}_init"] = nll_per_char(m, old_tokenizer, texts)
+        out[f"nll_per_char_new_ids_{init}_init"] = nll_per_char(m, new_tokenizer, texts)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 # ---------------------------------------------------------------- the tool
 def is_sentencepiece(tokenizer_dir: Path) -> bool:
     return (tokenizer_dir / "tokenizer.model").is_file()
@@ -313,14 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
     if model is not None:
         original = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32).eval()
         pad = args.pad_to_multiple_of or (64 if padded_before else 1)
-        report.update(resize_model(model, old_tokenizer, new_ids, pad, args.init, args.seed))
+        report.update(resize_model(model, old_tokenizer, new_ids, pad, args.init, args.head_init, args.seed))
         report["pad_to_multiple_of"] = pad
-        report["nll_per_char_original"] = round(nll_per_char(original, old_tokenizer, held_out[:50]), 4)
-        report[f"nll_per_char_{args.init}_init"] = round(nll_per_char(model, new_tokenizer, held_out[:50]), 4)
-        other = "random" if args.init == "mean" else "mean"
-        contrast = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32).eval()
-        resize_model(contrast, old_tokenizer, new_ids, pad, other, args.seed)
-        report[f"nll_per_char_{other}_init"] = round(nll_per_char(contrast, new_tokenizer, held_out[:50]), 4)
+        report.update(compare_inits(args, original, model, old_tokenizer, new_tokenizer, new_ids, pad, held_out[:50]))
         model.save_pretrained(out)
         new_tokenizer.save_pretrained(out)
     report.update(verify(original if model is not None else None, model, old_tokenizer, new_tokenizer, held_out, english))

@@ -15,12 +15,14 @@ Reports the held-out loss per character (nats, comparable across tokenizers) bef
 import json
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import (AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments,
+                          default_data_collator, set_seed)
 
 from dataset import DataArguments, pack_blocks, read_texts
 from expand_vocab import nll_per_char
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     before = nll_per_char(model, tokenizer, test_texts)
     print(f"held-out loss per character before training: {before:.4f} nats")
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=validation_set,
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, data_collator=default_data_collator)  # equal-length blocks
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # Evaluation: validation loss; held-out loss per character (comparable across tokenizers)
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     if stage_args.use_lora:
         trainer.model = trainer.model.merge_and_unload()
     trainer.save_model()
+    sp_model = Path(stage_args.model_name_or_path) / "tokenizer.model"  # save_pretrained does not write it
+    if sp_model.is_file() and trainer.is_world_process_zero():
+        shutil.copy(sp_model, Path(training_args.output_dir) / "tokenizer.model")
     train_metrics = {"train_loss": train_result.training_loss, "global_step": trainer.state.global_step,
                      "first_logged_loss": next((h["loss"] for h in trainer.state.log_history if "loss" in h), None),
                      "train_blocks": len(train_set), "base_model_dir": stage_args.model_name_or_path}

@@ -27,6 +27,7 @@ from transformers import HfArgumentParser
 HERE = Path(__file__).resolve().parent
 KINDS = ("llama", "chinese_sp", "bpe")
 DEFAULT_VOCAB = {"llama": 4000, "chinese_sp": 4000, "bpe": 8000}
+ENGLISH_CHARS = 1_000_000  # of standard-library docstrings mixed into the llama / bpe stand-ins
 BLOOM_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 CHINESE_COVERAGE = 0.995  # of the chinese_sp stand-in: rare characters stay with the base's byte fallback
 LLAMA_COVERAGE = 0.9995  # LLaMA's own was 0.99995 of a corpus with far less Chinese
@@ -53,7 +54,7 @@ class TokenizerArguments:
             raise SystemExit(f"--train_file: {self.train_file} does not exist. Fix: run `python clean_data.py` first")
 
 
-def english_texts(max_chars: int = 1_000_000) -> list[str]:
+def english_texts(max_chars: int = ENGLISH_CHARS) -> list[str]:
     """Paragraphs of the Python standard library's docstrings: English text that is on every machine."""
     out, total = [], 0
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
@@ -121,7 +122,8 @@ def train_bpe(texts, vocab_size: int, out_dir=None):
     return fast
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int | None = None, out_dir=None):
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int | None = None, out_dir=None,
+                    english_chars: int = ENGLISH_CHARS):
     """One stand-in (see the module docstring), trained on the Chinese `texts` (+ English where the kind wants it),
     saved to `out_dir`; returns the loaded HF tokenizer."""
     vocab_size = vocab_size or DEFAULT_VOCAB[kind]
@@ -129,7 +131,7 @@ def train_tokenizer(kind: str, texts: list[str], vocab_size: int | None = None, 
         model = train_sentencepiece(texts, vocab_size, model_type="unigram", byte_fallback=False,
                                     character_coverage=CHINESE_COVERAGE)
         return save_sentencepiece(model, out_dir)
-    english = english_texts()
+    english = english_texts(english_chars)
     if kind == "llama":
         chinese = texts[:max(1, int(len(english) * CHINESE_SHARE_LLAMA))]
         model = train_sentencepiece(english + chinese, vocab_size, character_coverage=LLAMA_COVERAGE)
