@@ -208,7 +208,8 @@ def prune_bpe_tokenizer(tokenizer_json: dict, texts: list[str], min_freq: int = 
     # closure: the merges that build each kept token (a function of the token alone: BPE never merges across
     # the boundaries of a final token), their parts and results
     n_before = len(keep)
-    for t in sorted(keep):
+    added_contents = {a["content"] for a in added}  # matched whole before BPE runs: nothing to trace
+    for t in sorted(keep - added_contents):
         for a, b in bpe_trace(list(t), rank):
             keep |= {a, b, a + b}
     n_closure = len(keep) - n_before
