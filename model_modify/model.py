@@ -113,6 +113,10 @@ class TinyModelArguments:
         if self.tokenizer_name_or_path is None or not Path(self.tokenizer_name_or_path).is_dir():
             raise SystemExit(f"--tokenizer_name_or_path: {self.tokenizer_name_or_path} is not a directory. Fix: "
                              f"python train_tokenizer.py first, then --tokenizer_name_or_path outputs/tokenizers/bpe")
+        if not any((Path(self.tokenizer_name_or_path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+            raise SystemExit(f"--tokenizer_name_or_path: {self.tokenizer_name_or_path} has no tokenizer.json or "
+                             f"tokenizer.model. Fix: pass the directory train_tokenizer.py wrote, e.g. "
+                             f"outputs/tokenizers/bpe")
         if self.vocab_size is not None and self.vocab_size <= 0:
             raise SystemExit(f"--vocab_size: must be > 0, got {self.vocab_size}. Fix: omit it (len(tokenizer))")
         if self.tie_word_embeddings is None:

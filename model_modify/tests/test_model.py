@@ -49,12 +49,15 @@ def test_tiny_model_cli_writes_a_stock_directory(tmp_path):
     (ModelArguments, {}, "--model_name_or_path"),
     (ModelArguments, {"model_name_or_path": "/no/such/dir"}, "--model_name_or_path"),
     (ModelArguments, {"model_name_or_path": "."}, "--model_name_or_path"),  # no config.json
-    (TinyModelArguments, {"kind": "gpt2", "tokenizer_name_or_path": "."}, "--kind"),
+    (TinyModelArguments, {"kind": "gpt2", "tokenizer_name_or_path": "tok"}, "--kind"),
     (TinyModelArguments, {"tokenizer_name_or_path": "/no/such/dir"}, "--tokenizer_name_or_path"),
-    (TinyModelArguments, {"tokenizer_name_or_path": ".", "vocab_size": 0}, "--vocab_size"),
+    (TinyModelArguments, {"tokenizer_name_or_path": "."}, "--tokenizer_name_or_path"),  # no tokenizer files
+    (TinyModelArguments, {"tokenizer_name_or_path": "tok", "vocab_size": 0}, "--vocab_size"),
 ])
 def test_bad_model_arguments_fail_before_loading(cls, kwargs, arg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text("{}")
     boom = mock.Mock(side_effect=AssertionError("loaded something"))
     with mock.patch.object(model_py.AutoTokenizer, "from_pretrained", boom), \
             mock.patch.object(model_py.AutoModelForCausalLM, "from_pretrained", boom):
