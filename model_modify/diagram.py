@@ -19,7 +19,7 @@ STEPS = [
     "train_tokenizer.py (offline stand-ins): LLaMA-like SentencePiece (byte fallback),\nChinese SentencePiece, BLOOM-like byte-level BPE (or the real files)",
     "model.py: tiny BLOOM / LLaMA from config (or a real checkpoint dir)",
     "PRUNE prune_vocab.py: keep corpus tokens + specials + bytes; merges filtered\nembedding / head rows sliced -> id_map.json, prune_report.json\nverified: same tokens, same logits, same generations",
-    "EXPAND expand_vocab.py: SentencePiece merge (Chinese-LLaMA) or BPE vocab + merges\nnew ids after the old rows; new input rows = mean of the old split's rows\nverified: old ids, old logits unchanged; tokens per character fall (expand_report.json)",
+    "EXPAND expand_vocab.py: SentencePiece merge (Chinese-LLaMA), BPE vocab + merges\nnew ids after the old rows; new input rows = mean of the old split's rows\nverified: old ids, old logits unchanged; tokens per character fall (expand_report.json)",
     "train.py: second stage, embeddings + head trainable, the rest frozen\n(or LoRA + modules_to_save); held-out loss per character before -> after",
     "stock AutoTokenizer / AutoModelForCausalLM load every output\n(chinese_bloom --model_name_or_path a pruned dir); infer.ipynb shows both tools",
 ]
