@@ -150,8 +150,8 @@ def test_mean_init_keeps_the_untrained_loss_close_to_the_original_and_beats_rand
     random init (N(0, initializer_range) rows, what a plain resize gives) does not."""
     r = expanded_pretrained[1]
     original, mean, rand = r["nll_per_char_original"], r["nll_per_char_old_ids_mean_init"], r["nll_per_char_old_ids_random_init"]
-    assert mean - original < 0.03 * original, r  # measured (README): +0.5% .. +1%
-    assert rand - original > 2 * (mean - original) + 0.02 * original, r  # measured: +4% .. +10%
+    assert mean - original < 0.03 * original, r  # measured: +1.0% (seed 42), +1.2% (seed 7)
+    assert rand - original > 2 * (mean - original) + 0.02 * original, r  # measured: +13.6%, +15.0%
     for key in ("nll_per_char_new_ids_mean_init", "nll_per_char_new_ids_random_init"):
         assert r[key] < 1.2 * original, r  # the new ids start near the original too (the second stage lowers it)
 
