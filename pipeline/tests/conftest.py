@@ -90,3 +90,20 @@ def tiny_llama(tiny_data, tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """torchrun(nproc, argv, env=None, timeout=300) -> CompletedProcess: `torchrun --standalone` of argv (a
+    script + args) from the folder, one thread per process; raises with the output tail when it fails."""
+    import subprocess
+
+    def run(nproc, argv, env=None, timeout=300, check=True):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               *map(str, argv)]
+        proc = subprocess.run(cmd, cwd=FOLDER, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})})
+        if check and proc.returncode:
+            raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+    return run
