@@ -238,6 +238,8 @@ class Pipeline:
     optimizers: list[torch.optim.Optimizer]
     schedulers: list
     device: torch.device
+    owners: list[int]  # owners[i]: the rank holding stage i
+    hidden_size: int
     writer_rank: int  # the rank holding the last stage: it logs the loss and writes the shared files
 
     @property
@@ -268,17 +270,18 @@ def build_pipeline(model, args, device=None) -> Pipeline:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = device or torch.device("cpu")
     split = balance_stages(unit_costs(model), world * args.stages_per_rank)
-    stage_ids = stage_ids_for_rank(rank, world, args.stages_per_rank, "v" if args.schedule == "zbv" else "loop")
+    style = "v" if args.schedule == "zbv" else "loop"  # zbv: V shape, the last stage is back on rank 0
+    stage_ids = stage_ids_for_rank(rank, world, args.stages_per_rank, style)
     modules = [build_stage(model, split, i).to(device) for i in stage_ids]
     stages = [PipelineStage(m, i, len(split), device) for m, i in zip(modules, stage_ids)]
     loss_fn = TokenMeanLoss()
     schedule = SCHEDULES[args.schedule](stages if args.schedule in MULTI_STAGE else stages[0], args.n_microbatches,
                                         loss_fn=loss_fn, scale_grads=False)
     optimizers = [make_optimizer(m, args) for m in modules]
-    last = len(split) - 1
-    writer = 0 if args.schedule == "zbv" else last % world  # zbv: V shape, the last stage is back on rank 0
+    owners = {i: r for r in range(world) for i in stage_ids_for_rank(r, world, args.stages_per_rank, style)}
+    owners = [owners[i] for i in range(len(split))]
     return Pipeline(split, stage_ids, modules, schedule, loss_fn, optimizers,
-                    [make_scheduler(o, args) for o in optimizers], device, writer)
+                    [make_scheduler(o, args) for o in optimizers], device, owners, model.config.hidden_size, owners[-1])
 
 
 def clip_global_norm(modules, max_norm: float, device) -> float:
@@ -312,17 +315,33 @@ def train_step(pipe: Pipeline, input_ids, labels, max_grad_norm: float) -> tuple
 
 
 @torch.no_grad()
+def forward_logits(pipe: Pipeline, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The whole batch through the stages in order (no schedule, no microbatches: forward only; the runtime schedules
+    of torch 2.13 cannot run `eval()` for interleaved/zero-bubble). Logits on the last stage's rank, else None."""
+    rank, hidden = dist.get_rank(), input_ids.to(pipe.device)
+    dtype = next(pipe.modules[0].parameters()).dtype
+    for i, owner in enumerate(pipe.owners):
+        if owner != rank:
+            continue
+        if i > 0 and pipe.owners[i - 1] != rank:
+            hidden = torch.empty(*input_ids.shape, pipe.hidden_size, dtype=dtype, device=pipe.device)
+            dist.recv(hidden, pipe.owners[i - 1])
+        hidden = pipe.modules[pipe.stage_ids.index(i)](hidden)
+        if i + 1 < len(pipe.owners) and pipe.owners[i + 1] != rank:
+            dist.send(hidden.contiguous(), pipe.owners[i + 1])
+    return hidden if pipe.has_last else None
+
+
+@torch.no_grad()
 def evaluate(pipe: Pipeline, dataset, batch_size: int) -> float | None:
-    """Mean token loss over the whole dataset (forward only), on the last stage's rank."""
+    """Mean token loss over the dataset's full batches, on the last stage's rank (None elsewhere)."""
     total = count = 0.0
     for start in range(0, len(dataset) - batch_size + 1, batch_size):
         input_ids, labels = get_batch(dataset, range(start, start + batch_size))
-        pipe.loss_fn.set_batch(labels)
-        losses = [] if pipe.has_last else None
-        inputs = (input_ids.to(pipe.device),) if pipe.has_first else ()
-        pipe.schedule.eval(*inputs, target=labels.to(pipe.device) if pipe.has_last else None, losses=losses)
-        if losses is not None:
-            total += float(sum(l.float() for l in losses)) * pipe.loss_fn.n_tokens
+        logits = forward_logits(pipe, input_ids)
+        if logits is not None:
+            pipe.loss_fn.set_batch(labels)
+            total += float(pipe.loss_fn(logits, labels.to(pipe.device))) * pipe.loss_fn.n_tokens
             count += pipe.loss_fn.n_tokens
     return total / count if count else None
 
@@ -360,10 +379,11 @@ def save_checkpoint(pipe: Pipeline, path: Path, step: int, state: dict, config, 
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, path / f"rng-rank-{dist.get_rank():02d}.pt")
-    dist.barrier()  # every shard is on disk
-    if dist.get_rank() == pipe.writer_rank:
+    if dist.get_rank() == 0:
         config.save_pretrained(path)
         tokenizer.save_pretrained(path)
+    dist.barrier()  # every shard is on disk
+    if dist.get_rank() == pipe.writer_rank:
         tmp = path / "trainer_state.json.tmp"
         tmp.write_text(json.dumps({**state, "global_step": step}, indent=1))
         os.replace(tmp, path / "trainer_state.json")  # the completion marker, last
@@ -491,8 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- the merged HF checkpoint + curves (every shard is on disk: save_checkpoint ended with a barrier)
     last_ckpt = out / f"checkpoint-{args.max_steps}"
     result = {"global_step": args.max_steps, "log_history": history}
-    if rank == pipe.writer_rank:
+    if rank == 0:  # save_pretrained writes only on rank 0 of a process group
         merge(last_ckpt, out)
+    if rank == pipe.writer_rank:
         plot_curves(history, out / "curves.png", loss_label="cross-entropy (nats/token)")
         if tb is not None:
             tb.close()
