@@ -368,12 +368,19 @@ def benchmark_step(model, args, input_ids, labels, steps: int = 3, device=None) 
 
 
 # ---------------------------------------------------------------- checkpoints: a shard per stage, marker last
+def save_stage(module: torch.nn.Module, path: Path, stage_idx: int, n_stages: int) -> Path:
+    """A stage's weights under their global HF names (merge.py takes the union of these files)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    file = path / f"stage-{stage_idx:02d}-of-{n_stages:02d}.safetensors"
+    save_file(tensors, file, metadata={"stage": str(stage_idx)})
+    return file
+
+
 def save_checkpoint(pipe: Pipeline, path: Path, step: int, state: dict, config, tokenizer) -> None:
     path.mkdir(parents=True, exist_ok=True)
     n = len(pipe.split)
     for i, module, opt, sched in zip(pipe.stage_ids, pipe.modules, pipe.optimizers, pipe.schedulers):
-        tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(tensors, path / f"stage-{i:02d}-of-{n:02d}.safetensors", metadata={"stage": str(i)})
+        save_stage(module, path, i, n)
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, path / f"optimizer-stage-{i:02d}.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
