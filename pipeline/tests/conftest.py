@@ -107,3 +107,18 @@ def torchrun():
             raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
     return run
+
+
+TINY_MODEL = ["--hidden_size", "64", "--num_hidden_layers", "4", "--num_attention_heads", "4"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data, torchrun, tmp_path_factory):
+    """One short 2-rank run of train.py on tiny_data (1F1B, 6 steps, checkpoints at 3 and 6, merged at the end).
+    -> {"out": output_dir (merged HF checkpoint + checkpoint-3/6 + eval_results.json), "argv", "proc"}. Read-only."""
+    out = tmp_path_factory.mktemp("trained_run") / "out"
+    argv = ["train.py", "--data_dir", tiny_data["tokens"], "--tokenizer_name_or_path", tiny_data["tokenizer"],
+            "--output_dir", out, *TINY_MODEL, "--max_steps", "6", "--per_device_train_batch_size", "8",
+            "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--report_to", "none", "--seed", str(SEED)]
+    proc = torchrun(2, argv)
+    return {"out": out, "argv": argv, "proc": proc}
