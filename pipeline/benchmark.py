@@ -7,7 +7,8 @@
 
 Every configuration runs in its own process group (a fresh `torchrun --standalone`, so the peak memory of one never
 leaks into the next) on the same random-init model (train.py's default shape, seed 0) and the same random batch
-(`--batch_size` blocks of `--block_size` tokens). Each rank times `train.benchmark_step` (one untimed warm-up step,
+(`--batch_size` blocks of `--block_size` tokens); the table's last column is the 1-minute load average when the
+configuration started (a shared machine inflates both step time and measured bubble). Each rank times `train.benchmark_step` (one untimed warm-up step,
 then the median of `--steps` optimizer steps) and, inside it, every compute action of the schedule
 (PipelineStage.forward_one_chunk / backward_one_chunk / backward_weight_one_chunk). The measured bubble of a rank is
 1 - compute / time of schedule.step(): the share of the schedule it spent waiting for the other ranks (and for the
@@ -211,7 +212,7 @@ def run_naive_worker(cfg: dict, args: BenchmarkArguments) -> list[dict]:
 # ---------------------------------------------------------------- driver: every configuration in a fresh process
 def launch(cfg: dict, args: BenchmarkArguments) -> list[dict] | None:
     out = Path(args.out).with_suffix(".part.json")
-    argv = ["benchmark.py", "--worker", json.dumps(cfg), "--out", str(out)] + [
+    argv = ["benchmark.py", "--worker", json.dumps({k: cfg[k] for k in ("p", "schedule", "m")}), "--out", str(out)] + [
         x for k in ("batch_size", "block_size", "hidden_size", "num_hidden_layers", "vocab_size", "steps")
         for x in (f"--{k}", str(getattr(args, k)))]
     if cfg["schedule"] == "naive":
@@ -239,11 +240,11 @@ def summarize(cfg: dict, ranks: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| ranks p | schedule | microbatches m | step (s) | bubble measured (mean, min-max over ranks) | "
-             "theory | peak memory per rank (MB) |", "|---|---|---|---|---|---|---|"]
+             "theory | peak memory per rank (MB) | load |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['p']} | {r['schedule']} | {r['m']} | {r['step_time_s']:.2f} | {r['bubble_mean']:.1%} "
                      f"({r['bubble_min']:.0%}-{r['bubble_max']:.0%}) | {r['theory']:.1%} | "
-                     f"{' / '.join(f'{x:.0f}' for x in r['peak_mb'])} |")
+                     f"{' / '.join(f'{x:.0f}' for x in r['peak_mb'])} | {r.get('load', '')} |")
     return "\n".join(lines)
 
 
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for m in ([1] if schedule == "naive" else args.microbatches):
                 if schedule != "naive" and not valid(schedule, p, m, args):
                     continue
-                cfg = {"p": p, "schedule": schedule, "m": m}
+                cfg = {"p": p, "schedule": schedule, "m": m, "load": round(os.getloadavg()[0], 1)}
                 ranks = launch(cfg, args)
                 if ranks:
                     rows.append(summarize(cfg, ranks))
