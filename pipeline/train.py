@@ -412,8 +412,8 @@ def load_checkpoint(pipe: Pipeline, path: Path, layout: dict) -> dict:
                          "it and start a new run with --model_name_or_path)")
     n = len(pipe.split)
     for i, module, opt, sched in zip(pipe.stage_ids, pipe.modules, pipe.optimizers, pipe.schedulers):
-        module.load_state_dict(load_file(path / f"stage-{i:02d}-of-{n:02d}.safetensors", device=str(pipe.device)))
-        saved_opt = torch.load(path / f"optimizer-stage-{i:02d}.pt", map_location=pipe.device, weights_only=True)
+        module.load_state_dict(load_file(path / f"stage-{i:02d}-of-{n:02d}.safetensors"))
+        saved_opt = torch.load(path / f"optimizer-stage-{i:02d}.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(saved_opt["optimizer"])
         sched.load_state_dict(saved_opt["scheduler"])
     rng_file = path / f"rng-rank-{dist.get_rank():02d}.pt"
@@ -432,7 +432,7 @@ def init_distributed(args) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(), rank=0,
                                 world_size=1)
-    return args.device
+    return args.device if args.device.type == "cuda" else torch.device("cpu")  # accelerate says "cpu:0"
 
 
 def log(pipe: Pipeline, entry: dict, history: list, tb) -> None:
