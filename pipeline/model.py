@@ -190,8 +190,15 @@ class LlamaStage(nn.Module):
         self.model.rotary_emb = model.model.rotary_emb  # a buffer only (inv_freq, not in the state dict)
         if is_last:
             self.model.norm, self.lm_head = model.model.norm, model.lm_head
+        self.autocast_dtype = None  # torch.bfloat16 under --bf16 (GPU): fp32 weights, bf16 matmuls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self._forward(x)
+        return out.float() if self.is_last else out  # the residual stream stays fp32 between stages
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] (stage 0) or hidden states [B, T, H] -> hidden states, or logits (last stage)."""
         hidden = self.model.embed_tokens(x) if self.is_first else x
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)

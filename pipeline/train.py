@@ -31,7 +31,7 @@ from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleG
                                           ScheduleInterleavedZeroBubble, ScheduleZBVZeroBubble)
 from transformers import HfArgumentParser, TrainingArguments, get_scheduler, set_seed
 
-from dataset import DataArguments
+from dataset import DataArguments, load_meta
 from merge import merge
 from model import (ModelArguments, balance_stages, build_model, build_stage, load_tokenizer, split_table,
                    stage_ids_for_rank, unit_costs)
@@ -79,6 +79,10 @@ class PipelineTrainingArguments(TrainingArguments):
             if getattr(self, name) <= 0:
                 raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0. Fix: e.g. --{name} "
                                  f"{PipelineTrainingArguments.__dataclass_fields__[name].default}")
+        for name in ("eval_steps", "save_steps"):  # Trainer's ratios (< 1) are not supported here
+            if getattr(self, name) != int(getattr(self, name)):
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be a whole number of steps. Fix: e.g. --{name} "
+                                 f"{PipelineTrainingArguments.__dataclass_fields__[name].default:g}")
         if self.learning_rate <= 0:
             raise SystemExit(f"--learning_rate: {self.learning_rate} must be > 0. Fix: e.g. --learning_rate 3e-3")
         multi = self.schedule in MULTI_STAGE
@@ -103,6 +107,8 @@ class PipelineTrainingArguments(TrainingArguments):
         if self.schedule != "gpipe" and self.n_microbatches < self.n_stages:
             raise SystemExit(f"--n_microbatches: {self.schedule} needs at least one microbatch per stage "
                              f"({self.n_stages} stages), got {self.n_microbatches}. Fix: --n_microbatches {self.n_stages}")
+        if self.fp16 and torch.cuda.is_available():
+            raise SystemExit("--fp16: needs a loss scaler across stages, not implemented here. Fix: --bf16 (autocast)")
         if multi and self.n_microbatches % world:
             raise SystemExit(f"--n_microbatches: {self.schedule} needs a multiple of the {world} ranks, got "
                              f"{self.n_microbatches}. Fix: --n_microbatches {2 * world}")
@@ -273,6 +279,8 @@ def build_pipeline(model, args, device=None) -> Pipeline:
     style = "v" if args.schedule == "zbv" else "loop"  # zbv: V shape, the last stage is back on rank 0
     stage_ids = stage_ids_for_rank(rank, world, args.stages_per_rank, style)
     modules = [build_stage(model, split, i).to(device) for i in stage_ids]
+    for m in modules:
+        m.autocast_dtype = torch.bfloat16 if getattr(args, "bf16", False) else None
     stages = [PipelineStage(m, i, len(split), device) for m, i in zip(modules, stage_ids)]
     loss_fn = TokenMeanLoss()
     schedule = SCHEDULES[args.schedule](stages if args.schedule in MULTI_STAGE else stages[0], args.n_microbatches,
@@ -464,6 +472,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model: the same seeded init everywhere, then this rank's stages
     tokenizer = load_tokenizer(model_args)
+    meta = load_meta(data_args.data_dir)
+    if len(tokenizer) != meta["vocab_size"]:
+        raise SystemExit(f"--tokenizer_name_or_path: {model_args.tokenizer_name_or_path} has {len(tokenizer)} tokens "
+                         f"but {data_args.data_dir} was built with {meta['vocab_size']} ({meta['tokenizer']}). "
+                         "Fix: use the same tokenizer")
     set_seed(args.seed)
     model = build_model(model_args, tokenizer)
     config, costs = model.config, unit_costs(model)

@@ -20,6 +20,7 @@ BAD = [  # (argv, WORLD_SIZE, the argument the message must name)
     (["--learning_rate", "0"], 1, "--learning_rate"),
     (["--max_steps", "0"], 1, "--max_steps"),
     (["--save_steps", "0"], 1, "--save_steps"),
+    (["--eval_steps", "0.5"], 1, "--eval_steps"),  # a Trainer ratio
     (["--block_size", "2048"], 1, "--block_size"),  # > max_position_embeddings
     pytest.param(["--bf16"], 1, "--bf16", marks=CPU_ONLY),
     pytest.param(["--fp16"], 1, "--fp16", marks=CPU_ONLY),
