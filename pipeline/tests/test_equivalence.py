@@ -96,6 +96,7 @@ def worker(out_dir: str) -> None:
             "grad": max(float((p.grad - ref["grads"][n]).abs().max()) for n, p in named.items()),
             "weight": max(float((p.detach() - ref["weights"][n]).abs().max()) for n, p in named.items()),
             "naive": abs(mean_of_microbatch_means(model, input_ids, labels, n_mb) - ref["loss"]),
+            "clipped": ref["norm"] > args.max_grad_norm,  # the global-norm clip did act (norm 3.1 > 0.5)
         }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
@@ -121,6 +122,7 @@ def test_pipeline_equals_single_process(nproc, torchrun, tmp_path):
             assert max(r[key] for r in per_rank) < TOL, (case, key, [r[key] for r in per_rank])
         # the batch does discriminate: averaging the microbatch means would be off by far more than the tolerance
         assert per_rank[0]["naive"] > 1e-3, case
+        assert per_rank[0]["clipped"], case
 
 
 if __name__ == "__main__":
