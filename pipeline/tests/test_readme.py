@@ -88,7 +88,7 @@ def test_every_variable_the_readme_names_is_read_by_train_sh():
 
 def test_readme_train_sh_commands_reach_the_scripts():
     """Every `bash train.sh` command of the README, with DRY_RUN=1: each variable it sets reaches the commands."""
-    found = [c for b in BLOCKS for c in commands(b) if "bash train.sh" in c]
+    found = [c for b in BLOCKS for c in commands(b) if "bash pipeline/train.sh" in c]
     assert len(found) >= 4
     for command in found:
         env, argv = env_and_argv(command)
@@ -115,21 +115,23 @@ def test_readme_train_sh_commands_reach_the_scripts():
 def test_gpu_commands_stop_with_one_line_on_cpu():
     """The README's GPU train.py commands, as written, on a CPU machine: one clear line, no traceback (also proves
     every flag exists: an unknown flag would be an argparse usage error, exit code 2)."""
-    gpu = [c for b in BLOCKS for c in commands(b) if ("train.py" in c or "bash train.sh" in c) and "--bf16" in c]
+    gpu = [c for b in BLOCKS for c in commands(b) if ("train.py" in c or "train.sh" in c) and "--bf16" in c]
     assert len(gpu) >= 2
     for command in gpu:
         env, argv = env_and_argv(command)
         if argv[0] == "bash":  # the command train.sh would launch, run by one python
             argv = dry_run(env, argv[2:])[-1]
+        at = next(i for i, w in enumerate(argv) if w.endswith("train.py"))  # train.py or pipeline/train.py
         with pytest.raises(SystemExit) as e:
-            train.main(argv[argv.index("train.py") + 1:])
+            train.main(argv[at + 1:])
         message = e.value.code
         assert isinstance(message, str) and "\n" not in message and "Fix:" in message, message
         assert re.search(r"--(bf16|model_name_or_path|data_dir)", message)
 
 
 def test_benchmark_and_diagram_commands_parse():
-    found = [c for b in BLOCKS for c in commands(b) if c.startswith(("python benchmark.py", "python diagram.py"))]
+    found = [c for b in BLOCKS for c in commands(b) if c.startswith(("python pipeline/benchmark.py",
+                                                                     "python pipeline/diagram.py"))]
     assert any("benchmark" in c for c in found) and any("diagram" in c for c in found)
     for command in found:
         argv = shlex.split(command)[2:]
@@ -138,7 +140,7 @@ def test_benchmark_and_diagram_commands_parse():
 
 
 def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = "\n".join(c + (" " + " ".join(BUDGET) if " train.py" in c else "") for c in commands(block))
+    script = "\n".join(c + (" " + " ".join(BUDGET) if "train.py" in c else "") for c in commands(block))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=900)
@@ -147,12 +149,12 @@ def run_block(block: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_readme_step_by_step_commands_run_as_written(tmp_path):
-    """The step-by-step block in a user's clone (sources only, no data/cache, no outputs): the whole corpus is
-    cleaned and tokenised, train.py runs 2 ranks for 2 steps, and the merged checkpoint loads."""
+    """The step-by-step block from the root of a user's clone (the folder's sources only, no data/cache, no outputs):
+    the whole corpus is cleaned and tokenised, train.py runs 2 ranks for 2 steps, and the merged checkpoint loads."""
     shutil.copytree(FOLDER, tmp_path / "pipeline", ignore=shutil.ignore_patterns(
         "cache", "outputs", "__pycache__", ".ipynb_checkpoints"))
-    (block,) = [b for b in BLOCKS if b.startswith("python clean_data.py")]
-    run_block(block, tmp_path / "pipeline")
+    (block,) = [b for b in BLOCKS if b.startswith("python pipeline/clean_data.py")]
+    run_block(block, tmp_path)
     meta = json.loads((tmp_path / "pipeline/data/cache/people_daily/tokens/meta.json").read_text())
     assert meta["vocab_size"] == 8192 and meta["splits"]["train"]["tokens"] > 1_000_000  # the whole corpus
     out = tmp_path / "pipeline/outputs/pipeline"
