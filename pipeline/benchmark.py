@@ -240,10 +240,11 @@ def summarize(cfg: dict, ranks: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| ranks p | schedule | microbatches m | step (s) | bubble measured (mean, min-max over ranks) | "
-             "theory | peak memory per rank (MB) | load |", "|---|---|---|---|---|---|---|---|"]
+             "theory | compute per rank (s) | peak memory per rank (MB) | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        compute = " / ".join(f"{x['compute_s']:.2f}" for x in sorted(r["ranks"], key=lambda x: x["rank"]))
         lines.append(f"| {r['p']} | {r['schedule']} | {r['m']} | {r['step_time_s']:.2f} | {r['bubble_mean']:.1%} "
-                     f"({r['bubble_min']:.0%}-{r['bubble_max']:.0%}) | {r['theory']:.1%} | "
+                     f"({r['bubble_min']:.0%}-{r['bubble_max']:.0%}) | {r['theory']:.1%} | {compute} | "
                      f"{' / '.join(f'{x:.0f}' for x in r['peak_mb'])} | {r.get('load', '')} |")
     return "\n".join(lines)
 
