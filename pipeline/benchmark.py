@@ -13,7 +13,8 @@ then the median of `--steps` optimizer steps) and, inside it, every compute acti
 (PipelineStage.forward_one_chunk / backward_one_chunk / backward_weight_one_chunk). The measured bubble of a rank is
 1 - compute / time of schedule.step(): the share of the schedule it spent waiting for the other ranks (and for the
 transfers). Theory, equal stages: GPipe and 1F1B (p-1)/(m+p-1), interleaved with v=2 stages per rank
-(p-1)/(v*m+p-1), zero bubble about 0 when the weight-gradient work fills the gaps, naive device_map (p-1)/p.
+(p-1)/(v*m+p-1), zero bubble about 0 when the weight-gradient work fills the gaps, naive device_map (p-1)/p;
+for GPipe/1F1B the table also gives the bubble that the measured, unequal stage times imply (imbalance_theory).
 Naive model parallelism (device_map.NaiveModelParallel, p emulated devices, one process, one thread like one core per
 device) runs the whole batch device by device; a device's bubble is 1 - its busy time / all devices' busy time, so
 the mean is (p-1)/p by construction (one device works at a time), min-max shows the imbalance, and the step time
@@ -230,21 +231,35 @@ def launch(cfg: dict, args: BenchmarkArguments) -> list[dict] | None:
     return json.loads(out.read_text())
 
 
+def imbalance_theory(schedule: str, m: int, compute: list[float]) -> float | None:
+    """GPipe/1F1B bubble with the MEASURED (unequal) stage times: the slowest stage paces the steady state, so a step
+    lasts about sum(t) + (m-1) * max(t) for per-microbatch times t = compute / m."""
+    if schedule not in ("gpipe", "1f1b"):
+        return None
+    span = sum(compute) / m + (m - 1) / m * max(compute)
+    return 1 - sum(compute) / (len(compute) * span)
+
+
 def summarize(cfg: dict, ranks: list[dict]) -> dict:
     bubbles = [r["bubble"] for r in ranks]
+    compute = [r["compute_s"] for r in sorted(ranks, key=lambda r: r["rank"])]
     return {**cfg, "step_time_s": statistics.median(r["step_time_s"] for r in ranks),
             "bubble_mean": statistics.mean(bubbles), "bubble_min": min(bubbles), "bubble_max": max(bubbles),
             "theory": theory(cfg["schedule"], cfg["p"], cfg["m"]),
+            "theory_measured_stages": imbalance_theory(cfg["schedule"], cfg["m"], compute),
             "peak_mb": [round(r["peak_mb"], 1) for r in sorted(ranks, key=lambda r: r["rank"])], "ranks": ranks}
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| ranks p | schedule | microbatches m | step (s) | bubble measured (mean, min-max over ranks) | "
-             "theory | compute per rank (s) | peak memory per rank (MB) | load |", "|---|---|---|---|---|---|---|---|---|"]
+             "theory (equal stages) | theory (measured stage times) | compute per rank (s) | "
+             "peak memory per rank (MB) | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         compute = " / ".join(f"{x['compute_s']:.2f}" for x in sorted(r["ranks"], key=lambda x: x["rank"]))
+        measured = imbalance_theory(r["schedule"], r["m"], [x["compute_s"] for x in sorted(r["ranks"], key=lambda x: x["rank"])])
         lines.append(f"| {r['p']} | {r['schedule']} | {r['m']} | {r['step_time_s']:.2f} | {r['bubble_mean']:.1%} "
-                     f"({r['bubble_min']:.0%}-{r['bubble_max']:.0%}) | {r['theory']:.1%} | {compute} | "
+                     f"({r['bubble_min']:.0%}-{r['bubble_max']:.0%}) | {r['theory']:.1%} | "
+                     f"{'-' if measured is None else f'{measured:.1%}'} | {compute} | "
                      f"{' / '.join(f'{x:.0f}' for x in r['peak_mb'])} | {r.get('load', '')} |")
     return "\n".join(lines)
 
