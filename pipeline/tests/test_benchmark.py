@@ -36,3 +36,11 @@ def test_benchmark_skips_what_the_schedules_refuse():
     assert benchmark.theory("naive", 4, 1) == 0.75 and benchmark.theory("interleaved1f1b", 2, 4) == pytest.approx(1 / 9)
     with pytest.raises(SystemExit, match="--schedules"):
         benchmark.BenchmarkArguments(schedules=["pipedream"])
+
+
+@pytest.mark.parametrize("p, m", [(2, 4), (4, 8), (4, 16)])
+def test_imbalance_theory_is_the_formula_for_equal_stages_and_grows_with_imbalance(p, m):
+    assert benchmark.imbalance_theory("1f1b", m, [2.0] * p) == pytest.approx((p - 1) / (m + p - 1))
+    uneven = [1.0] * (p - 1) + [2.0]  # the last stage (the head) twice as slow
+    assert benchmark.imbalance_theory("gpipe", m, uneven) > (p - 1) / (m + p - 1)
+    assert benchmark.imbalance_theory("zbv", m, uneven) is None
