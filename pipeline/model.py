@@ -72,14 +72,16 @@ def load_tokenizer(args: ModelArguments):
                          "train_tokenizer.py (bash train.sh does) or pass the tokenizer the data was built with.")
 
 
-def build_config(args: ModelArguments, tokenizer) -> LlamaConfig:
+def build_config(args: ModelArguments, tokenizer=None, vocab_size: int | None = None) -> LlamaConfig:
+    """The checkpoint's config, or the from-scratch one (vocabulary and special ids from the tokenizer)."""
     if args.model_name_or_path:
         return LlamaConfig.from_pretrained(args.model_name_or_path)
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                       num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-                       num_key_value_heads=args.num_key_value_heads, max_position_embeddings=args.max_position_embeddings,
-                       rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=args.hidden_size,
+                       intermediate_size=args.intermediate_size, num_hidden_layers=args.num_hidden_layers,
+                       num_attention_heads=args.num_attention_heads, num_key_value_heads=args.num_key_value_heads,
+                       max_position_embeddings=args.max_position_embeddings, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, **ids)
 
 
 def build_model(args: ModelArguments, tokenizer) -> LlamaForCausalLM:
@@ -231,15 +233,13 @@ def main(argv: list[str] | None = None) -> str:
         n_stages: int = 4
         vocab_size: int = field(default=32000, metadata={"help": "from scratch: Llama-2's 32000 tokens"})
 
+        def __post_init__(self):
+            if not 1 <= self.n_stages:
+                raise SystemExit(f"--n_stages: {self.n_stages} must be >= 1. Fix: e.g. --n_stages 4")
+
     model_args, split_args = HfArgumentParser((ModelArguments, SplitArguments)).parse_args_into_dataclasses(args=argv)
     with torch.device("meta"):  # shapes only
-        if model_args.model_name_or_path:
-            config = LlamaConfig.from_pretrained(model_args.model_name_or_path)
-        else:
-            config = build_config(model_args, type("T", (), {"__len__": lambda s: split_args.vocab_size,
-                                                             "bos_token_id": 1, "eos_token_id": 2,
-                                                             "pad_token_id": None})())
-        costs = unit_costs(LlamaForCausalLM(config))
+        costs = unit_costs(LlamaForCausalLM(build_config(model_args, vocab_size=split_args.vocab_size)))
     table = split_table(balance_stages(costs, split_args.n_stages), costs)
     print(table)
     return table
