@@ -76,6 +76,10 @@ def test_bad_argument_stops_with_one_line_before_loading(module, argv, arg, no_l
                 "--test_file", str(corpus["test"]), "--output_dir", str(fake_model / "out"), *argv]
     if module is train_tokenizer and "--train_file" not in argv:
         argv = ["--train_file", str(corpus["train"]), *argv]
+    if module is expand_vocab and "--corpus" not in argv and arg not in ("--base_sp_model", "--model_name_or_path"):
+        argv = ["--corpus", str(corpus["train"]), *argv]  # a fresh clone has no data/cache/clean
+    if module is expand_vocab and "--held_out_file" not in argv and arg not in ("--base_sp_model", "--model_name_or_path"):
+        argv = ["--held_out_file", str(corpus["test"]), *argv]
     with pytest.raises(SystemExit, match=arg) as e:
         module.main(argv)
     assert isinstance(e.value.code, str) and "\n" not in e.value.code and "Fix:" in e.value.code, e.value.code
