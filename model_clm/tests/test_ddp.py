@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parents[1]
 SEED = os.environ.get("ZERO_NLP_TEST_SEED", "42")  # as in tests/conftest.py
 
@@ -18,9 +20,14 @@ def test_torchrun_two_processes_gloo_loss_decreases(pipeline, tmp_path):
            "--output_dir", str(out), "--ddp_backend", "gloo", "--report_to", "none", "--disable_tqdm", "true",
            "--config_overrides", "hidden_size=64,intermediate_size=128,num_hidden_layers=1,num_attention_heads=4,num_key_value_heads=4",
            "--per_device_train_batch_size", "8", "--max_steps", "240", "--block_size", "64", "--learning_rate", "5e-3", "--logging_steps", "30",
-           "--eval_strategy", "no", "--save_steps", "240", "--max_eval_blocks", "32", "--seed", SEED]
+           "--eval_strategy", "no", "--save_steps", "240", "--max_eval_blocks", "32", "--seed", SEED,
+           "--ddp_timeout", "120"]  # a stuck collective raises (with its name) after 2 min instead of 30
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    try:  # ~1 min idle; CI once saw it stall after the step-240 checkpoint: show where, not just "timed out"
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as e:
+        tail = lambda b: (b or b"").decode(errors="replace")[-3000:]
+        pytest.fail(f"torchrun did not finish in 420 s\n--- stdout\n{tail(e.stdout)}\n--- stderr\n{tail(e.stderr)}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "checkpoint-240/trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
