@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict:
     assert summary["kept"] + summary["rejected"] == summary["read"], summary
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     print(json.dumps({k: summary[k] for k in ("read", "kept", "rejected", "reasons")}, ensure_ascii=False))
+    for split, ratio in (("validation", args.validation_ratio), ("test", args.test_ratio)):
+        if ratio > 0 and summary["kept"] and not counts[split]:  # the hash split is per document: few documents
+            print(f"warning: the {split} split got none of the {summary['kept']} documents (a document is a line of a "
+                  f".txt, a record of a .jsonl). Fix: more documents, or a larger --{split}_ratio", file=sys.stderr)
     if summary["kept"] == 0:
         raise SystemExit(f"--input: nothing kept of {read} records ({dict(reasons)}). Likely cause: "
                          f"{likely_cause(dict(reasons), args)}. Rejects with reasons: {out / 'rejects.jsonl'}")
@@ -301,11 +305,6 @@ def likely_cause(rejected: dict, args: CleanArguments) -> str:
     if top in ("too_short", "too_long", "low_chinese_ratio", "repetitive"):
         return f"the filters reject everything (mostly {top}): see --min_chars/--max_chars/--min_chinese_ratio/--max_repeat_ratio"
     return "no records in the input" if not rejected else f"mostly {top}"
-
-def read_texts(path) -> list[str]:
-    """The "text" of every line of a clean jsonl file."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 if __name__ == "__main__":

@@ -32,9 +32,14 @@ class DataArguments:
                 raise SystemExit(f"--{name}: {getattr(self, name)} must be > 0. Fix: drop it to use every text")
 
 
-def read_texts(path, limit: int | None = None) -> list[str]:
+def read_texts(path, limit: int | None = None, arg: str = "--train_file") -> list[str]:
+    """The "text" of every line of a clean jsonl file (the first `limit`); none is a clear error naming `arg`."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()][:limit]
+        texts = [json.loads(line)["text"] for line in f if line.strip()][:limit]
+    if not texts:
+        raise SystemExit(f"{arg}: {path} has no texts. Fix: a bigger corpus, or a larger --validation_ratio / "
+                         "--test_ratio in clean_data.py (its summary.json counts the documents per split)")
+    return texts
 
 
 def pack_blocks(texts: list[str], tokenizer, block_size: int):

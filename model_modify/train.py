@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Data
     train_texts = read_texts(data_args.train_file, data_args.max_train_samples)
-    validation_texts = read_texts(data_args.validation_file, data_args.max_eval_samples)
-    test_texts = read_texts(data_args.test_file, data_args.max_eval_samples)
+    validation_texts = read_texts(data_args.validation_file, data_args.max_eval_samples, "--validation_file")
+    test_texts = read_texts(data_args.test_file, data_args.max_eval_samples, "--test_file")
     train_set = pack_blocks(train_texts, tokenizer, data_args.block_size)
     validation_set = pack_blocks(validation_texts, tokenizer, data_args.block_size)
 

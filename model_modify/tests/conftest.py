@@ -71,11 +71,12 @@ def corpus(tmp_path_factory):
     """clean_data.py on the first CORPUS_DOCS People's Daily paragraphs -> {"dir", "train", "validation", "test",
     "summary", "texts" (train texts), "held_out" (test texts)}."""
     import clean_data
+    import dataset
     out = tmp_path_factory.mktemp("clean")
     summary = clean_data.main(["--output_dir", str(out), "--max_docs", str(CORPUS_DOCS), "--validation_ratio", "0.05",
                                "--test_ratio", "0.05"])
     return {"dir": out, "summary": summary, **{s: out / f"{s}.jsonl" for s in ("train", "validation", "test")},
-            "texts": clean_data.read_texts(out / "train.jsonl"), "held_out": clean_data.read_texts(out / "test.jsonl")}
+            "texts": dataset.read_texts(out / "train.jsonl"), "held_out": dataset.read_texts(out / "test.jsonl")}
 
 
 @pytest.fixture(scope="session")

@@ -53,3 +53,17 @@ def test_gbk_file_reads_with_encoding_and_nothing_kept_names_the_cause(tmp_path)
     summary = clean_data.main(["--input", str(tmp_path / "gbk.txt"), "--encoding", "gb18030",
                                "--output_dir", str(tmp_path / "gbk"), "--test_ratio", "0", "--validation_ratio", "0"])
     assert summary["kept"] == 3
+
+
+def test_a_split_left_empty_is_warned_and_train_py_names_the_file(tmp_path, capsys):
+    """The split is per document (hash of the text): two documents give an empty validation split. clean_data.py
+    says so, and reading the empty split is one clear error naming the argument (not an IndexError in tokenizers)."""
+    import dataset
+    src = tmp_path / "two.txt"
+    src.write_text("人民日报社论：迈向充满希望的新世纪。\n新华社北京一月一日电，全国各地举行新年活动。\n", encoding="utf-8")
+    summary = clean_data.main(["--input", str(src), "--output_dir", str(tmp_path / "clean")])
+    assert summary["kept"] == 2 and summary["validation_docs"] == summary["test_docs"] == 0, summary
+    err = capsys.readouterr().err
+    assert "the validation split got none of the 2 documents" in err and "--validation_ratio" in err
+    with pytest.raises(SystemExit, match="--validation_file: .*validation.jsonl has no texts"):
+        dataset.read_texts(tmp_path / "clean/validation.jsonl", arg="--validation_file")
