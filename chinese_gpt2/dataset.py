@@ -33,7 +33,7 @@ class DataArguments:
         "help": "clean_data.py output; default data/cache/clean (--task lm) or data/cache/chat (--task chat)"})
     train_file: str | None = field(default=None, metadata={"help": "default <data_dir>/train.jsonl"})
     validation_file: str | None = field(default=None, metadata={"help": "default <data_dir>/validation.jsonl"})
-    block_size: int = field(default=128, metadata={"help": "lm: tokens per packed block (<= the model's positions)"})
+    block_size: int = field(default=64, metadata={"help": "lm: tokens per packed block (<= the model's positions)"})
     max_train_docs: int | None = field(default=None, metadata={"help": "use only the first N training records"})
     max_eval_blocks: int | None = field(default=None, metadata={"help": "lm: evaluate on the first N validation blocks"})
     max_chat_tokens: int = field(default=128, metadata={"help": "chat: longer dialogues lose their last turns"})

@@ -26,7 +26,7 @@ from model import ModelArguments, build_model, chat, generate, load_tokenizer, s
 from train_tokenizer import save_tokenizer
 
 HERE = Path(__file__).resolve().parent
-TASK_STEPS = {"lm": 1200, "chat": 400}  # --max_steps 0 = the task's default
+TASK_STEPS = {"lm": 400, "chat": 300}  # --max_steps 0 = the task's default
 
 
 # Copied from chinese_classifier/train.py:resolve_resume
@@ -157,7 +157,7 @@ class GPT2TrainingArguments(TrainingArguments):
     max_steps: int = field(default=0, metadata={"help": f"0 = the task's default {TASK_STEPS}; -1 = use num_train_epochs"})
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 0.01
     adam_beta2: float = 0.95
     lr_scheduler_type: str = "cosine"
@@ -174,7 +174,8 @@ class GPT2TrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = False
     use_muon: bool | None = field(default=None, metadata={
         "help": "torch.optim.Muon for the block matrices, AdamW (--learning_rate) for embeddings, norms, biases "
-                "(model_clm's MuonWithAdamW). Default: on from scratch, off on a pretrained checkpoint or --deepspeed"})
+                "(model_clm's MuonWithAdamW). Default: on for models of the offline size (from scratch, or this "
+                "folder's outputs/gpt2), off for pretrained-size checkpoints (uer's 12 x 768) and under --deepspeed"})
     muon_learning_rate: float = field(default=0.02, metadata={"help": "Muon's lr (follows the same schedule)"})
 
     def __post_init__(self):
@@ -272,8 +273,6 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = HfArgumentParser(
         (ModelArguments, DataArguments, GPT2TrainingArguments)).parse_args_into_dataclasses(args=argv)
     check_args(model_args, data_args, args)
-    if args.use_muon is None:  # late default: Muon from scratch; a pretrained model keeps its AdamW recipe
-        args.use_muon = model_args.model_name_or_path is None and not args.deepspeed
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:  # train.sh sets it
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.world_size))
 
@@ -296,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
                                               extra_chars=chat_charset()))
     set_seed(args.seed)  # the from-scratch init is reproducible too (Trainer seeds only after the model exists)
     model = build_model(model_args, tokenizer)
+    if args.use_muon is None:  # late default: Muon for the small offline size; a pretrained model keeps AdamW
+        args.use_muon = not args.deepspeed and model.config.n_embd <= 256 and model.config.n_layer <= 4
     positions = model.config.n_positions
     if args.task == "lm" and data_args.block_size > positions:
         raise SystemExit(f"--block_size: {data_args.block_size} > the model's {positions} positions. Fix: --block_size {positions}")
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("held-out answers:\n" + "\n".join(f"  {e['history'][-1]['content']} -> {e['answer']} "
                                                 f"(reference {e['reference']})" for e in after["examples"]))
     train_metrics = {**train_result.metrics, "global_step": trainer.state.global_step, "task": args.task,
+                     "use_muon": args.use_muon,
                      "train_examples": len(train_ds), **extra}
     if trainer.is_world_process_zero():
         trainer.save_metrics("train", train_metrics)
