@@ -216,7 +216,7 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, args: GPT2T
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
-def chat_exact_match(model, tokenizer, records: list[dict], max_new_tokens: int = 24) -> dict:
+def chat_exact_match(model, tokenizer, records: list[dict], max_new_tokens: int = 16) -> dict:
     """Greedy answer to the last user turn of each held-out dialogue == the reference answer."""
     model.eval()
     hits, by_kind, examples = 0, {}, []
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = trainer.evaluate()
     metrics["perplexity"] = math.exp(min(metrics["eval_loss"], 50))
     start = [h for h in trainer.state.log_history if "eval_loss" in h and h["step"] == 0]
-    if start:
+    if start and not args.resume_from_checkpoint:  # a resumed run's history holds the first run's step 0
         metrics["init_eval_loss"] = start[0]["eval_loss"]
         metrics["init_perplexity"] = math.exp(min(start[0]["eval_loss"], 50))
     if args.task == "lm":

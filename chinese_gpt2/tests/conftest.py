@@ -136,6 +136,7 @@ def lm_args(clean_dir):
         return ["--data_dir", str(clean_dir), "--output_dir", str(out), *TINY_MODEL, "--block_size", "64",
                 "--max_steps", "150", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
                 "--eval_steps", "75", "--save_steps", "75", "--logging_steps", "10", "--sample_max_new_tokens", "8",
+                "--max_eval_blocks", "96",
                 "--disable_tqdm", "true", "--seed", str(SEED)]
     return args
 
@@ -154,7 +155,7 @@ def chat_run(chat_dir, tmp_path_factory):
     import train
     out = tmp_path_factory.mktemp("chat_model")
     metrics = train.main(["--task", "chat", "--data_dir", str(chat_dir), "--output_dir", str(out), *TINY_MODEL,
-                          "--max_steps", "250", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-                          "--eval_steps", "125", "--save_strategy", "no", "--logging_steps", "25",
-                          "--eval_chats", "100", *QUIET])
+                          "--max_steps", "120", "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
+                          "--eval_steps", "60", "--save_strategy", "no", "--logging_steps", "20",
+                          "--eval_chats", "50", *QUIET])
     return out, metrics
