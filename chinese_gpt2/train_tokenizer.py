@@ -11,7 +11,6 @@ builds (and inspects) the tokenizer separately:
 """
 import json
 import sys
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,11 @@ class TokenizerArguments:
 
 
 def _is_word_char(c: str) -> bool:
-    """Characters BERT's pre-tokenizer keeps together in a word (need a ##c entry); CJK and punctuation stand alone."""
+    """Characters BERT's pre-tokenizer may keep inside a word (digits, letters, symbols such as ∶ or ℃): they get a
+    ##c entry. CJK characters are always split off and never need one (punctuation neither; harmless)."""
     cp = ord(c)
     cjk = 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x2FA1F
-    return not cjk and not unicodedata.category(c).startswith(("P", "S", "Z", "C"))
+    return not cjk
 
 
 def train_tokenizer(texts, min_frequency: int = 2, extra_chars: str = ""):
