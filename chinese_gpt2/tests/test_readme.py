@@ -26,7 +26,8 @@ BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
 # appended to the README's train.py commands (the commands themselves run as written)
 BUDGET = ["--max_steps", "3", "--save_steps", "3", "--eval_strategy", "no", "--eval_on_start", "false",
           "--report_to", "none", "--disable_tqdm", "true", "--max_eval_blocks", "4", "--eval_chats", "4",
-          "--sample_max_new_tokens", "2", "--logging_steps", "1"]
+          "--sample_max_new_tokens", "2", "--logging_steps", "1", "--max_train_docs", "500"]
+CLEAN_BUDGET = ["--max_docs", "2000"]  # appended to the README's clean_data.py commands
 
 
 # Copied from model_clm/tests/test_readme.py:commands
@@ -154,10 +155,13 @@ def python_commands() -> list[str]:
 
 @pytest.fixture(scope="module")
 def ran(copied):
-    """Every offline python command of the README, in README order, in the copy (budget appended to train.py)."""
+    """Every offline python command of the README, in README order, in the copy (budgets appended to train.py and
+    clean_data.py)."""
     folder = copied / "chinese_gpt2"
     for command in python_commands():
-        run(command + (" " + " ".join(BUDGET) if command.startswith("python train.py") else ""), folder)
+        extra = BUDGET if command.startswith("python train.py") else \
+            CLEAN_BUDGET if command.startswith("python clean_data.py") else []
+        run(" ".join([command, *extra]), folder)
     return folder
 
 
