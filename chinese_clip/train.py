@@ -191,13 +191,14 @@ class GatherWithGrad(torch.autograd.Function):
         return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
 
 
-def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, gather: bool = True) -> torch.Tensor:
     """Symmetric InfoNCE over in-batch negatives: (CE(image->texts) + CE(text->images)) / 2. Under DDP the
     negatives are every rank's batch (features gathered with gradient), so the loss and its gradient equal the
-    single-process loss on the global batch; DDP's gradient averaging then matches it exactly."""
+    single-process loss on the global batch; DDP's gradient averaging then matches it exactly. gather=False: this
+    process's pairs only (evaluation, where every rank holds all the embeddings)."""
     offset = 0
     all_img, all_txt = image_emb, text_emb
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         all_img, all_txt = GatherWithGrad.apply(image_emb), GatherWithGrad.apply(text_emb)
         offset = dist.get_rank() * image_emb.shape[0]
     labels = torch.arange(image_emb.shape[0], device=image_emb.device) + offset
@@ -278,9 +279,9 @@ def evaluate_split(model, processor, table, data_args, args, tasks=None) -> dict
     first = torch.tensor([int((caption_image == i).nonzero()[0]) for i in range(len(image_emb))])
     scale = float(model.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE).exp())
     b = args.per_device_train_batch_size * args.world_size
-    losses = [float(clip_loss(image_emb[i:i + b], text_emb[first[i:i + b]], torch.tensor(scale)))
+    losses = [float(clip_loss(image_emb[i:i + b], text_emb[first[i:i + b]], torch.tensor(scale), gather=False))
               for i in range(0, len(image_emb) - b + 1, b)] or [
-        float(clip_loss(image_emb, text_emb[first], torch.tensor(scale)))]
+        float(clip_loss(image_emb, text_emb[first], torch.tensor(scale), gather=False))]
     metrics["loss"] = float(np.mean(losses))
     metrics["chance_loss"] = math.log(min(b, len(image_emb)))
     metrics["logit_scale"] = scale
