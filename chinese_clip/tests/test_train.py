@@ -74,7 +74,7 @@ def test_logit_scale_is_clamped_like_clip(clean, tiny_model, tmp_path):
     """A logit scale pushed over ln(100) is clamped back before the step (temperature >= 0.01)."""
     import transformers
     model_args, data_args, args = train.parse_args(["--data_dir", str(clean[0]), "--output_dir", str(tmp_path),
-                                                    *tiny_model, "--report_to", "none"])
+                                                    *tiny_model, "--report_to", "none", "--eval_strategy", "no"])
     from model import build_model
     model, processor = build_model(model_args, ["红色的圆形"], 16)
     with torch.no_grad():
