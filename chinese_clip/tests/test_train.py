@@ -14,11 +14,12 @@ from model import load_trained
 
 def test_learns_retrieval_well_above_chance(trained):
     out, m = trained
-    # untrained: R@1 = chance (1/128 test images, 1/96 unseen); measured seeds 42 / 7 (OMP_NUM_THREADS=1):
-    # test i2t R@1 ?x / ?x chance, t2i ?x / ?x; thresholds at most half way
+    # untrained: R@1 = chance (1/128 test images); measured seeds 42 / 7 (OMP_NUM_THREADS=1, AMD EPYC 2 cores):
+    # test image->text R@1 9x / 10x chance, text->image 13x / 9x; 5x is half way from chance to the lowest (9x).
+    # R@10 0.609 / 0.523 (chance 0.078)
     assert m["test_i2t_r1_x_chance"] >= 5 and m["test_t2i_r1_x_chance"] >= 5, m
     assert m["test_i2t_r10"] > 10 * m["test_chance_r1"], m
-    # the contrastive loss falls well below chance ln(32) = 3.47 (measured ? / ?)
+    # the contrastive loss falls well below chance ln(32) = 3.47 (measured 1.37 / 1.77; half way from 1.77: 2.62)
     assert m["final_train_loss"] < 0.75 * math.log(32), m
     health = json.loads((out / "health.json").read_text())
     assert health["status"] == "ok" and health["nonfinite_steps"] == 0
@@ -30,8 +31,8 @@ def test_learns_retrieval_well_above_chance(trained):
 
 def test_zero_shot_colour_beats_the_majority_class(trained):
     _, m = trained
-    # measured colour accuracy seeds 42 / 7: ? / ? (majority ?)
-    assert m["test_zs_colour_acc"] > m["test_zs_colour_majority"] + 0.1, m
+    # measured colour accuracy seeds 42 / 7: 0.430 / 0.359 (majority 0.250 / 0.227; half way: +0.09 / +0.066)
+    assert m["test_zs_colour_acc"] > m["test_zs_colour_majority"] + 0.05, m
 
 
 def test_absurd_learning_rate_is_flagged_and_not_saved(clean, tiny_model, tmp_path):
@@ -83,5 +84,24 @@ def test_logit_scale_is_clamped_like_clip(clean, tiny_model, tmp_path):
     batch = {"pixel_values": torch.zeros(2, 3, 32, 32), **processor.tokenizer(["红色", "圆形"], padding=True,
                                                                                return_tensors="pt")}
     trainer.compute_loss(model, batch)
-    assert float(model.logit_scale) == pytest.approx(math.log(100), abs=1e-6)
+    assert model.logit_scale.item() == pytest.approx(math.log(100), abs=1e-6)
     assert isinstance(transformers.__version__, str)
+
+
+def test_chance_level_loss_and_collapsed_embeddings_are_flagged(tmp_path):
+    """The two non-NaN failures of the original CLIP fine-tune: a loss stuck at ln(batch), embeddings collapsed."""
+    from types import SimpleNamespace
+    args = train.CLIPTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=64, report_to="none")
+    model = torch.nn.Linear(2, 2)
+
+    def trainer(history):
+        return SimpleNamespace(state=SimpleNamespace(log_history=history, global_step=100), model=model,
+                               nonfinite_steps=0, first_nonfinite_step=None)
+    stuck = [{"loss": math.log(64) - 0.01, "step": s} for s in range(10, 110, 10)]
+    health = train.assess_health(trainer(stuck), args)
+    assert health["status"] == "collapsed" and "stayed at chance" in health["reason"]
+    learned = [{"loss": 1.5, "step": s} for s in range(10, 110, 10)]
+    assert train.assess_health(trainer(learned), args)["status"] == "ok"
+    health = train.assess_health(trainer(learned + [{"eval_image_emb_mean_cos": 0.995, "step": 100}]), args)
+    assert health["status"] == "collapsed" and "collapsed to one direction" in health["reason"]
+    assert train.assess_health(trainer(learned + [{"loss": float("nan"), "step": 110}]), args)["status"] == "nan"
