@@ -1,194 +1,262 @@
-"""Image-caption pairs -> validated, normalised, de-duplicated train/validation/test.jsonl.
+# Copied from chinese_clip/clean_data.py
+"""Image-text pairs (CSV or JSONL: image_path, text) -> validated, normalised, de-duplicated splits.
 
-    python clean_data.py                                      # make_data.py's data/cache/synthetic/pairs.jsonl
-    python clean_data.py --input my_pairs.csv --image_root /data/photos
-    python clean_data.py --input a.jsonl b.csv --num_proc 8   # several processes for large sets (progress bar)
+    python clean_data.py                                  # data/cache/shapes (make_data.py) -> data/cache/clean
+    python clean_data.py --input my/pairs.csv --image_root my/images --output_dir data/cache/mine
+    python clean_data.py --input a.jsonl b.csv --num_proc 4   # several processes (default: by size), progress bar
 
-Inputs: .csv or .jsonl with `image_path` (relative to --image_root, default the input file's directory, or
-absolute) and `text`; several rows (captions) per image are allowed; an optional `split` column
-(train/validation/test) is kept, else images (never single captions) are split at random by --validation_ratio /
---test_ratio. Every image is opened and fully decoded once: unreadable, truncated and zero-byte files, decompression
-bombs (> --max_pixels) and tiny images (< --min_side) are rejected; CMYK, palette, RGBA/LA and grayscale images are
-converted to RGB and EXIF-rotated when loaded (counted in summary.json). Training loads them again, lazily.
-Writes to --output_dir: train/validation/test.jsonl ({"image_path": absolute, "text"}), rejects.jsonl
-({"file", "line", "reason", "detail", "text"}), summary.json. kept + rejected = read, always.
+Inputs: .csv (header with --image_column/--text_column) or .jsonl; image_path relative to --image_root (default:
+the input file's folder) or absolute. A file named train/validation/test/test_unseen.* keeps that split; other
+files are split at random by image (--validation_ratio / --test_ratio), so no image is in two splits.
+Every image is opened and fully decoded (load_rgb): zero_byte / missing / unreadable / truncated /
+decompression_bomb (over --max_pixels) / too_small (a side under --min_side) are rejected; CMYK, palette, RGBA/LA
+(on white), grayscale become RGB and EXIF orientation is applied when the dataset loads them (the counts of each
+conversion are in summary.json). Texts: NFKC, control characters dropped, whitespace collapsed; empty texts and
+exact duplicate pairs (same image bytes, same text) are rejected.
+Writes to --output_dir: <split>.jsonl ({"image_path": absolute, "text", "image_id", + the input's other fields}),
+rejects.jsonl ({"file", "line", "reason", "detail", "text"}), summary.json. kept + rejected = read, always.
 """
 import csv
-import html
+import dataclasses
+import hashlib
 import json
+import os
 import random
-import re
+import struct
 import sys
 import unicodedata
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from multiprocessing import Pool
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from transformers import HfArgumentParser
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_INPUT = HERE / "data/cache/synthetic/pairs.jsonl"
-SPLITS = ("train", "validation", "test")
-
-
-class BadImage(Exception):
-    """An image that cannot be used: `reason` is the rejects.jsonl reason code, `detail` says why."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-def load_rgb(path, max_pixels: int = 4096 * 4096, min_side: int = 8) -> Image.Image:
-    """Open and fully decode an image -> RGB (CMYK/P/RGBA/LA/L converted, alpha over white, EXIF rotation applied).
-
-    Raises BadImage("empty_file" | "unreadable" | "truncated" | "too_large" | "too_small", detail).
-    """
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise BadImage("empty_file", "0 bytes")
-    except OSError as e:
-        raise BadImage("unreadable", f"{type(e).__name__}: {e}") from None
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                raise BadImage("too_large", f"{im.width}x{im.height} > --max_pixels {max_pixels} "
-                                            "(decompression bomb?)")
-            try:
-                im.load()
-            except OSError as e:
-                raise BadImage("truncated", f"{type(e).__name__}: {e}") from None
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                rgb = im.convert("RGB")
-    except BadImage:
-        raise
-    except Image.DecompressionBombError as e:
-        raise BadImage("too_large", str(e)[:200]) from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise BadImage("unreadable", f"{type(e).__name__}: {e}") from None
-    if min(rgb.size) < min_side:
-        raise BadImage("too_small", f"{rgb.width}x{rgb.height} < --min_side {min_side}")
-    return rgb
-
-
-_HTML_TAG = re.compile(r"<[^<>]{1,200}>")
-_SPACE = re.compile(r"\s+")
-
-
-def normalize(text: str) -> str:
-    """NFKC (full-width -> half-width), strip HTML tags and control chars, drop spaces between Han characters."""
-    text = unicodedata.normalize("NFKC", html.unescape(text))
-    text = _HTML_TAG.sub(" ", text)
-    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
-    text = _SPACE.sub(" ", text).strip()
-    return re.sub(r"(?<=[\u4e00-\u9fff，。、]) (?=[\u4e00-\u9fff，。、])", "", text)
+SPLITS = ("train", "validation", "test", "test_unseen")
+DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; PIL's own bomb limit is 89M (warning) / 179M (error)
+csv.field_size_limit(1 << 24)
 
 
 @dataclass
 class CleanArguments:
     input: list[str] = field(default_factory=list, metadata={
-        "help": "Pair files (.csv/.jsonl) with image_path + text. Empty = data/cache/synthetic/pairs.jsonl "
-                "(python make_data.py)."})
+        "help": "CSV/JSONL files of image_path,text. Empty = data/cache/shapes/{train,validation,test,test_unseen}"
+                ".jsonl from make_data.py."})
     image_root: str | None = field(default=None, metadata={
-        "help": "Relative image paths start here. Default: each input file's directory."})
-    output_dir: str = field(default=str(HERE / "data/cache/clean"))
-    image_column: str = "image_path"
-    text_column: str = "text"
-    encoding: str = "utf-8"
-    max_pixels: int = field(default=4096 * 4096, metadata={"help": "Larger images are rejected (too_large)."})
-    min_side: int = field(default=16, metadata={"help": "Images with a side below this are rejected (too_small)."})
-    min_chars: int = field(default=2, metadata={"help": "Shorter captions (after normalising) are rejected."})
-    max_chars: int = field(default=60, metadata={"help": "Longer captions are rejected (too_long)."})
-    validation_ratio: float = field(default=0.05, metadata={"help": "Images (not captions) for validation, "
-                                                                    "when the input has no split column."})
-    test_ratio: float = field(default=0.1)
-    num_proc: int = field(default=1, metadata={"help": "Processes that decode images (progress bar when > 1)."})
-    seed: int = 42
+        "help": "Folder that relative image paths start from. Default: each input file's own folder."})
+    output_dir: str = field(default=str(HERE / "data/cache/clean"), metadata={"help": "Where the clean splits go."})
+    image_column: str = field(default="image_path", metadata={"help": "Image path column/key."})
+    text_column: str = field(default="text", metadata={"help": "Caption column/key."})
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the input files."})
+    min_side: int = field(default=16, metadata={"help": "Images with a side shorter than this are too_small."})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "Images with more pixels are rejected as decompression_bomb (checked before decoding)."})
+    max_chars: int = field(default=200, metadata={"help": "Longer captions are rejected as too_long."})
+    num_proc: int | None = field(default=None, metadata={
+        "help": "Processes that decode images. Default: 1 under 2000 pairs, else min(4, CPU cores)."})
+    validation_ratio: float = field(default=0.05, metadata={"help": "Files without a split name: validation share."})
+    test_ratio: float = field(default=0.1, metadata={"help": "Files without a split name: test share."})
+    seed: int = field(default=42)
 
     def __post_init__(self):
         for name in ("validation_ratio", "test_ratio"):
             if not 0 < getattr(self, name) < 1:
                 raise SystemExit(f"--{name}: {getattr(self, name)} is not in (0, 1). Fix: e.g. --{name} 0.1")
         if self.validation_ratio + self.test_ratio >= 1:
-            raise SystemExit("--validation_ratio/--test_ratio: sum >= 1 leaves no training data. Fix: e.g. 0.05 0.1")
-        for name in ("max_pixels", "min_side", "min_chars", "max_chars", "num_proc"):
+            raise SystemExit("--validation_ratio/--test_ratio: their sum >= 1 leaves no train data. Fix: e.g. 0.05 "
+                             "and 0.1")
+        for name in ("min_side", "max_pixels", "max_chars"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"--{name}: {getattr(self, name)} < 1. Fix: pass a positive number")
-        if self.min_chars > self.max_chars:
-            raise SystemExit(f"--min_chars: {self.min_chars} > --max_chars {self.max_chars}. Fix: e.g. 2 and 60")
-        self.input = self.input or [str(DEFAULT_INPUT)]
+                raise SystemExit(f"--{name}: {getattr(self, name)} must be >= 1. Fix: pass a positive number")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise SystemExit(f"--num_proc: {self.num_proc} < 1. Fix: e.g. --num_proc 4, or leave it out")
+        if not self.image_column or not self.text_column:
+            raise SystemExit("--image_column/--text_column: empty name. Fix: the column names of your files")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise SystemExit(f"--encoding: unknown encoding {self.encoding!r}. Fix: e.g. --encoding gbk") from None
+        if not self.input:  # late default: the generator's splits
+            shapes = HERE / "data/cache/shapes"
+            self.input = [str(shapes / f"{s}.jsonl") for s in SPLITS if (shapes / f"{s}.jsonl").is_file()]
+            if not self.input:
+                raise SystemExit(f"--input: none given and no generated data in {shapes}. Fix: python make_data.py "
+                                 "first, or pass --input pairs.csv")
         for path in self.input:
             if not Path(path).is_file():
-                fix = "run `python make_data.py` first" if path == str(DEFAULT_INPUT) else "pass an existing file"
-                raise SystemExit(f"--input: {path} does not exist. Fix: {fix}")
+                raise SystemExit(f"--input: {path} does not exist. Fix: pass an existing .csv/.jsonl file")
             if Path(path).suffix.lower() not in (".csv", ".jsonl"):
-                raise SystemExit(f"--input: unsupported file type {Path(path).suffix!r}. Fix: use .csv or .jsonl")
+                raise SystemExit(f"--input: unsupported file type {Path(path).suffix!r} ({path}). Fix: .csv or .jsonl")
         if self.image_root is not None and not Path(self.image_root).is_dir():
-            raise SystemExit(f"--image_root: {self.image_root} is not a directory. Fix: pass the images' root")
+            raise SystemExit(f"--image_root: {self.image_root} is not a directory. Fix: the folder of your images")
         if Path(self.output_dir).is_file():
             raise SystemExit(f"--output_dir: {self.output_dir} is a file. Fix: pass a directory")
 
 
-def read_records(path: str, args: CleanArguments):
-    """Yield (line, record or None, error): line = where the record starts (csv: quoted fields span lines)."""
-    if path.lower().endswith(".jsonl"):
-        with open(path, encoding=args.encoding, errors="strict", newline="") as f:
-            for i, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                    yield i, rec if isinstance(rec, dict) else None, None if isinstance(rec, dict) else "not an object"
-                except json.JSONDecodeError as e:
-                    yield i, {"text": raw.strip()[:200]}, f"bad JSON: {e.msg}"
+# ---- images: self-contained, copied by vit-gpt2-image-chinese-captioning ----
+
+class BadImage(Exception):
+    """An image that cannot be used; `reason` is a short code (the rejects.jsonl / summary.json key)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def load_rgb(path, max_pixels: int = 40_000_000, min_side: int = 16, info: dict | None = None) -> Image.Image:
+    """Open, check and fully decode an image -> an upright RGB PIL image, or raise BadImage(reason, detail).
+
+    reasons: missing, zero_byte, unreadable (not an image PIL knows), decompression_bomb (more than `max_pixels`
+    pixels, checked from the header before decoding), truncated (or otherwise undecodable data), too_small
+    (a side < `min_side`). CMYK / YCbCr / grayscale (L, I, F) become RGB; palette (P), RGBA, LA and PA are laid
+    on white (transparent pixels become white, not black); EXIF orientation is applied. `info`, when given,
+    receives {"mode": the file's mode, "exif_transposed": bool, "size": (w, h) upright}.
+    """
+    path = Path(path)
+    try:
+        n_bytes = path.stat().st_size
+    except OSError as e:
+        raise BadImage("missing", f"{path}: {e.strerror or e}") from None
+    if n_bytes == 0:
+        raise BadImage("zero_byte", f"{path} is empty (0 bytes)")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone else set would let truncated files through
+        raise BadImage("truncated", "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; refusing to guess missing pixels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise BadImage("decompression_bomb", str(e)) from None
+        except UnidentifiedImageError:
+            raise BadImage("unreadable", f"{path.name}: not an image format PIL can read ({n_bytes} bytes)") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise BadImage("unreadable", f"{path.name}: {type(e).__name__}: {e}") from None
+        with img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage("decompression_bomb", f"{w}x{h} = {w * h} pixels > --max_pixels {max_pixels}")
+            try:
+                img.load()
+            except Image.DecompressionBombError as e:
+                raise BadImage("decompression_bomb", str(e)) from None
+            except (OSError, ValueError, SyntaxError, struct.error) as e:
+                raise BadImage("truncated", f"{path.name}: {type(e).__name__}: {e}") from None
+            mode, orientation = img.mode, _orientation(img)
+            try:
+                upright = ImageOps.exif_transpose(img)
+            except Exception:  # a broken EXIF block: keep the pixels as stored
+                upright, orientation = img, None
+            rgb = to_rgb(upright)
+    if min(rgb.size) < min_side:
+        raise BadImage("too_small", f"{rgb.size[0]}x{rgb.size[1]}: a side < --min_side {min_side}")
+    if info is not None:
+        info.update(mode=mode, exif_transposed=orientation not in (None, 1), size=rgb.size)
+    return rgb
+
+
+def _orientation(img: Image.Image):
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:
+        return None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency (RGBA, LA, PA, P with a transparent index) composited on white."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode == "P" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit gray: scale to 8 bits
+        import numpy as np
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0
+        img = Image.fromarray((arr / hi * 255 if hi > 255 else arr).clip(0, 255).astype("uint8"), "L")
+    return img.convert("RGB")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC (full-width -> half-width), control / zero-width characters dropped, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text
+                   if unicodedata.category(c) != "Cf")
+    return " ".join(text.split())
+
+
+# ---- reading the pair files ----
+
+def read_pairs(path: str, args: CleanArguments):
+    """(line where the record starts, image_path, text, extra fields, error) per record of a CSV/JSONL file."""
+    p = Path(path)
+    if p.suffix.lower() == ".jsonl":
+        with open(p, encoding=args.encoding, errors="strict", newline="") as f:
+            lines = f.read().split("\n")
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield i, None, line, {}, ("format_error", f"not JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(obj, dict):
+                yield i, None, line, {}, ("format_error", "a JSON line that is not an object")
+                continue
+            yield i, *_fields(obj, args, line)
         return
-    with open(path, encoding=args.encoding, newline="") as f:
+    with open(p, encoding=args.encoding, newline="") as f:
         reader = csv.DictReader(f)
-        start = 2
-        for rec in reader:
-            yield start, rec, None
-            start = reader.line_num + 1
+        for row in reader:
+            line = reader.line_num  # the line the record ends on; a one-line record starts there too
+            yield line, *_fields(row, args, json.dumps(row, ensure_ascii=False))
 
 
-def _check(item):
-    """Worker: (image path, max_pixels, min_side) -> (path, None, mode_info) or (path, BadImage fields, None)."""
-    path, max_pixels, min_side = item
+def _fields(obj: dict, args: CleanArguments, raw: str):
+    image, text = obj.get(args.image_column), obj.get(args.text_column)
+    extra = {k: v for k, v in obj.items() if k not in (args.image_column, args.text_column) and k is not None}
+    if not isinstance(image, str) or not image.strip():
+        return None, raw, extra, ("format_error", f"no {args.image_column!r} string (keys: {sorted(map(str, obj))})")
+    if not isinstance(text, str):
+        return image, raw, extra, ("format_error", f"no {args.text_column!r} string (keys: {sorted(map(str, obj))})")
+    return image, text, extra, None
+
+
+def check_image(job: tuple[str, int, int]) -> tuple[str, str | None, str | None, str | None, dict]:
+    """Worker: (path, max_pixels, min_side) -> (path, sha1, reason, detail, info)."""
+    path, max_pixels, min_side = job
+    info = {}
     try:
-        with Image.open(path) as im:
-            mode, rotated = im.mode, im.getexif().get(0x0112, 1) not in (1, None)
-    except Exception:  # load_rgb below gives the reason
-        mode, rotated = None, False
-    try:
-        load_rgb(path, max_pixels, min_side)
+        load_rgb(path, max_pixels, min_side, info)
     except BadImage as e:
-        return path, (e.reason, e.detail), None
-    return path, None, (mode, rotated)
+        return path, None, e.reason, e.detail, {}
+    with open(path, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()
+    return path, digest, None, None, info
 
 
-def check_images(paths: list[str], args: CleanArguments) -> dict:
-    items = [(p, args.max_pixels, args.min_side) for p in paths]
-    if args.num_proc > 1 and len(items) > 1:
-        from tqdm.auto import tqdm
-        with Pool(args.num_proc) as pool:
-            results = list(tqdm(pool.imap(_check, items, chunksize=64), total=len(items), desc="images"))
-    else:
-        results = [_check(it) for it in items]
-    return {p: (bad, info) for p, bad, info in results}
+def check_images(paths: list[str], args: CleanArguments, n_pairs: int) -> dict:
+    """Every distinct image once, in --num_proc processes, with a progress bar."""
+    from tqdm.auto import tqdm
+    num_proc = args.num_proc or (1 if n_pairs < 2000 else min(4, os.cpu_count() or 1))
+    jobs = [(p, args.max_pixels, args.min_side) for p in paths]
+    bar = dict(total=len(jobs), desc=f"images ({num_proc} process{'es' if num_proc > 1 else ''})", unit="img",
+               disable=None)
+    if num_proc == 1:
+        return {r[0]: r for r in tqdm(map(check_image, jobs), **bar)}
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
+        return {r[0]: r for r in tqdm(pool.imap_unordered(check_image, jobs, chunksize=64), **bar)}
 
 
-def clean(args: CleanArguments) -> dict:
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, rejects, read = [], [], 0
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(CleanArguments).parse_args_into_dataclasses(args=argv)
+    read, rejects, candidates = 0, [], []
 
     def reject(file, line, reason, detail, text):
         rejects.append({"file": file, "line": line, "reason": reason, "detail": detail, "text": text})
@@ -196,90 +264,96 @@ def clean(args: CleanArguments) -> dict:
     for path in args.input:
         root = Path(args.image_root) if args.image_root else Path(path).resolve().parent
         try:
-            for line, rec, err in read_records(path, args):
-                read += 1
-                if rec is None or err:
-                    reject(path, line, "format_error", err or "not a record", str((rec or {}).get("text", ""))[:200])
-                    continue
-                image, text = rec.get(args.image_column), rec.get(args.text_column)
-                if not isinstance(image, str) or not image.strip() or not isinstance(text, str):
-                    reject(path, line, "missing_field", f"needs string fields {args.image_column!r} and "
-                                                        f"{args.text_column!r}; has {sorted(rec)}", str(text or "")[:200])
-                    continue
-                split = rec.get("split")
-                if split not in (None, "", *SPLITS):
-                    reject(path, line, "bad_split", f"split {split!r} is not one of {SPLITS}", text[:200])
-                    continue
-                p = Path(image.strip())
-                rows.append({"file": path, "line": line, "image_path": str(p if p.is_absolute() else root / p),
-                             "raw": text, "split": split or None})
+            records = list(read_pairs(path, args))
         except UnicodeDecodeError as e:
+            raise SystemExit(f"--encoding: {path} is not valid {args.encoding} (byte {e.start}). "
+                             "Fix: pass its encoding, e.g. --encoding gbk") from None
+        for line, image, text, extra, error in records:
             read += 1
-            reject(path, None, "bad_encoding", f"not {args.encoding} at byte {e.start}; reading stopped. "
-                                               "Fix: --encoding gbk (or the file's encoding)", "")
+            if error is None:
+                clean = normalize_text(text)
+                if not clean:
+                    error = ("empty_text", "no caption left after normalising")
+                elif len(clean) > args.max_chars:
+                    error = ("too_long", f"{len(clean)} characters; --max_chars {args.max_chars}")
+            if error:
+                reject(str(path), line, *error, text)
+                continue
+            image_path = Path(image) if Path(image).is_absolute() else root / image
+            candidates.append({"file": str(path), "line": line, "raw": text, "text": clean, "extra": extra,
+                               "image_path": str(image_path.resolve()), "split": Path(path).stem})
 
-    status = check_images(sorted({r["image_path"] for r in rows}), args)
-    converted, rotated = Counter(), 0
-    for path, (bad, info) in status.items():
-        if bad is None and info[0] not in ("RGB", None):
-            converted[info[0]] += 1
-        rotated += bool(bad is None and info[1])
-    kept, seen = [], set()
-    for r in rows:
-        bad, _ = status[r["image_path"]]
-        text = normalize(r["raw"])
-        if bad is not None:
-            reason, detail = (("missing_file", "no such file") if not Path(r["image_path"]).exists() else bad)
-            reject(r["file"], r["line"], reason, f"{r['image_path']}: {detail}", r["raw"][:200])
-        elif len(text) < args.min_chars:
-            reject(r["file"], r["line"], "empty" if not text else "too_short", f"{len(text)} chars after normalising",
-                   r["raw"][:200])
-        elif len(text) > args.max_chars:
-            reject(r["file"], r["line"], "too_long", f"{len(text)} chars > --max_chars {args.max_chars}",
-                   r["raw"][:200])
-        elif (r["image_path"], text) in seen:
-            reject(r["file"], r["line"], "duplicate", "same image and caption as an earlier pair", r["raw"][:200])
-        else:
-            seen.add((r["image_path"], text))
-            kept.append({"image_path": r["image_path"], "text": text, "split": r["split"]})
+    checked = check_images(sorted({c["image_path"] for c in candidates}), args, len(candidates))
+    kept, seen, modes, transposed = [], {}, Counter(), 0
+    for c in candidates:
+        _, digest, reason, detail, info = checked[c["image_path"]]
+        if reason:
+            reject(c["file"], c["line"], reason, detail, c["raw"])
+            continue
+        key = (digest, c["text"])
+        if key in seen:
+            reject(c["file"], c["line"], "duplicate", f"same image bytes and caption as {seen[key]}", c["raw"])
+            continue
+        seen[key] = f"{Path(c['file']).name}:{c['line']}"
+        kept.append(c)
+    for path in {c["image_path"] for c in kept}:
+        info = checked[path][4]
+        modes[info["mode"]] += 1
+        transposed += info["exif_transposed"]
+    assert len(kept) + len(rejects) == read, (len(kept), len(rejects), read)
 
-    # images, never single captions, are split: all captions of an image land in one split
+    # split: a file named after a split keeps it; the others are split by image at random
     rng = random.Random(args.seed)
-    images = sorted({r["image_path"] for r in kept if r["split"] is None})
-    rng.shuffle(images)
-    n_val, n_test = round(len(images) * args.validation_ratio), round(len(images) * args.test_ratio)
-    assigned = {p: "validation" for p in images[:n_val]} | {p: "test" for p in images[n_val:n_val + n_test]}
-    counts = {}
-    for split in SPLITS:
-        part = [r for r in kept if (r["split"] or assigned.get(r["image_path"], "train")) == split]
-        counts[split] = {"pairs": len(part), "images": len({r["image_path"] for r in part})}
-        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"image_path": r["image_path"], "text": r["text"]}, ensure_ascii=False) + "\n"
-                         for r in part)
+    assign = {}
+    for path in sorted({c["image_path"] for c in kept if c["split"] not in SPLITS}):
+        u = rng.random()
+        assign[path] = "test" if u < args.test_ratio else "validation" if u < args.test_ratio + args.validation_ratio \
+            else "train"
+    splits = defaultdict(list)
+    for c in kept:
+        split = c["split"] if c["split"] in SPLITS else assign[c["image_path"]]
+        row = {"image_path": c["image_path"], "text": c["text"],
+               **{k: v for k, v in c["extra"].items()}}
+        row.setdefault("image_id", c["image_path"])
+        splits[split].append(row)
+    owners = defaultdict(set)
+    for split, rows in splits.items():
+        for r in rows:
+            owners[r["image_path"]].add(split)
+    leaked = [p for p, s in owners.items() if len(s) > 1]
+    if leaked:
+        print(f"warning: {len(leaked)} images are in more than one split (e.g. {leaked[0]})", file=sys.stderr)
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
-    summary = {"read": read, "kept": len(kept), "rejected": len(rejects),
-               "reasons": dict(Counter(r["reason"] for r in rejects)),
-               "images": {"checked": len(status), "bad": sum(b is not None for b, _ in status.values()),
-                          "converted_to_rgb": dict(converted), "exif_rotated": rotated},
-               "splits": counts, "args": asdict(args)}
-    assert summary["kept"] + summary["rejected"] == summary["read"], summary
+    for split in SPLITS:
+        (out / f"{split}.jsonl").unlink(missing_ok=True)  # no stale split from an earlier run
+    for split, rows in splits.items():
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    reasons = Counter(r["reason"] for r in rejects)
+    summary = {
+        "files": args.input, "read": read, "kept": len(kept), "rejected": len(rejects),
+        "reasons": dict(reasons.most_common()),
+        "images": {"checked": len(checked), "kept": len({c["image_path"] for c in kept}),
+                   "modes": dict(modes.most_common()), "converted_to_rgb": sum(n for m, n in modes.items() if m != "RGB"),
+                   "exif_transposed": transposed},
+        "splits": {s: {"pairs": len(rows), "images": len({r["image_path"] for r in rows})} for s, rows in splits.items()},
+        "leaked_images": len(leaked), "args": dataclasses.asdict(args),
+    }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
-    return summary
-
-
-def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(CleanArguments).parse_args_into_dataclasses(args=argv)
-    summary = clean(args)
-    print(f"read {summary['read']} pairs: kept {summary['kept']}, rejected {summary['rejected']} "
-          f"{summary['reasons']}; images {summary['images']}; splits {summary['splits']} -> {args.output_dir}")
-    if not summary["kept"]:
-        raise SystemExit(f"--input: no pair kept; see {args.output_dir}/rejects.jsonl. Most likely cause: the "
-                         f"column names (--image_column/--text_column), --image_root or --encoding")
-    if not all(summary["splits"][s]["pairs"] for s in SPLITS):
-        print(f"warning: an empty split {summary['splits']}: train.py needs all three")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("files", "args")}, ensure_ascii=False, indent=2))
+    if not kept:
+        cause = ("every image failed to load: check --image_root" if reasons and all(
+            r in ("missing", "unreadable") for r in reasons) else
+            f"check --image_column {args.image_column!r} / --text_column {args.text_column!r}"
+            if reasons.get("format_error") == read else "see rejects.jsonl")
+        raise SystemExit(f"--input: no pair kept of {read} read; {cause} (rejects.jsonl and summary.json in {out})")
+    print(f"wrote {out}/{{{','.join(splits)}}}.jsonl, rejects.jsonl, summary.json")
     return summary
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -18,10 +18,12 @@ DEFAULT_DATA_DIR = str(HERE / "data/cache/clean")
 @dataclass
 class DataArguments:
     data_dir: str = field(default=DEFAULT_DATA_DIR, metadata={
-        "help": "clean_data.py's --output_dir: train/validation/test.jsonl ({image_path, text})."})
+        "help": "clean_data.py's --output_dir: train/validation/test(/test_unseen).jsonl ({image_path, text})."})
     train_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/train.jsonl."})
     validation_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/validation.jsonl."})
     test_file: str | None = field(default=None, metadata={"help": "Overrides <data_dir>/test.jsonl."})
+    test_unseen_file: str | None = field(default=None, metadata={
+        "help": "Overrides <data_dir>/test_unseen.jsonl (held-out attribute combinations; evaluated when present)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "First N train pairs (quick runs)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "First N validation/test images."})
     num_examples_to_print: int = 8
@@ -30,6 +32,8 @@ class DataArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SystemExit(f"--{name}: {getattr(self, name)} < 1. Fix: drop it or pass a positive number")
+        if self.test_unseen_file and not Path(self.test_unseen_file).is_file():
+            raise SystemExit(f"--test_unseen_file: {self.test_unseen_file} not found. Fix: pass an existing file")
         for split in ("train", "validation", "test"):
             path = self.split_file(split)
             if not Path(path).is_file():
@@ -41,7 +45,12 @@ class DataArguments:
         return getattr(self, f"{split}_file") or str(Path(self.data_dir) / f"{split}.jsonl")
 
 
-def read_pairs(path) -> list[dict]:
+    def eval_splits(self) -> list[str]:
+        """validation, test, and test_unseen when its file exists."""
+        return ["validation", "test"] + (["test_unseen"] if Path(self.split_file("test_unseen")).is_file() else [])
+
+
+def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -55,11 +64,12 @@ def group_by_image(pairs: list[dict]) -> list[dict]:
 
 
 def load_splits(data_args: DataArguments) -> dict:
-    """train: one row per (image, caption) pair; validation/test: one row per image with all its references."""
-    train = read_pairs(data_args.split_file("train"))[:data_args.max_train_samples]
+    """train: one row per (image, caption) pair; validation/test(/test_unseen): one row per image with all its
+    references (in file order; the first is the label of the evaluation loss)."""
+    train = read_jsonl(data_args.split_file("train"))[:data_args.max_train_samples]
     out = {"train": Dataset.from_list([{"image_path": p["image_path"], "references": [p["text"]]} for p in train])}
-    for split in ("validation", "test"):
-        out[split] = Dataset.from_list(group_by_image(read_pairs(data_args.split_file(split)))[:data_args.max_eval_samples])
+    for split in data_args.eval_splits():
+        out[split] = Dataset.from_list(group_by_image(read_jsonl(data_args.split_file(split)))[:data_args.max_eval_samples])
     return out
 
 

@@ -36,8 +36,8 @@ class ModelArguments:
     decoder_name_or_path: str | None = field(default=None, metadata={
         "help": f"A GPT-2 checkpoint with its tokenizer, e.g. {EXAMPLE_DECODER}. Omit = small GPT-2 + char vocab."})
     # offline default only (ignored for the parts loaded from checkpoints)
-    image_size: int = field(default=48, metadata={"help": "Input side in pixels (the image processor resizes)."})
-    patch_size: int = field(default=8, metadata={"help": "ViT patch side: (image_size / patch_size)^2 patches."})
+    image_size: int = field(default=64, metadata={"help": "Input side in pixels (the image processor resizes)."})
+    patch_size: int = field(default=16, metadata={"help": "ViT patch side: (image_size / patch_size)^2 patches."})
     encoder_hidden_size: int = 128
     encoder_layers: int = 2
     decoder_hidden_size: int = 128
@@ -55,7 +55,7 @@ class ModelArguments:
                                  f"{type(self).__dataclass_fields__[name].default}")
         if self.image_size % self.patch_size:
             raise SystemExit(f"--image_size: {self.image_size} is not a multiple of --patch_size {self.patch_size}. "
-                             "Fix: e.g. --image_size 48 --patch_size 8")
+                             "Fix: e.g. --image_size 64 --patch_size 16")
         for name in ("encoder_hidden_size", "decoder_hidden_size"):
             if getattr(self, name) % self.num_attention_heads:
                 raise SystemExit(f"--{name}: {getattr(self, name)} is not a multiple of --num_attention_heads "
@@ -140,28 +140,26 @@ def build_model(model_args: ModelArguments, tokenizer):
             raise SystemExit(f"--model_name_or_path: tokenizer has {len(tokenizer)} tokens, the decoder "
                              f"{model.config.decoder.vocab_size}. Fix: use the tokenizer saved with the checkpoint")
         return set_special_tokens(model, tokenizer, model_args.max_target_length)
-    if model_args.encoder_name_or_path or model_args.decoder_name_or_path:
-        from transformers import AutoModel, AutoModelForCausalLM, ViTModel
-        encoder = (_load("encoder_name_or_path", lambda p: AutoModel.from_pretrained(p, add_pooling_layer=False),
-                         model_args.encoder_name_or_path) if model_args.encoder_name_or_path
-                   else ViTModel(encoder_config(model_args), add_pooling_layer=False))
-        if model_args.decoder_name_or_path:
-            decoder = _load("decoder_name_or_path", lambda p: AutoModelForCausalLM.from_pretrained(
-                p, is_decoder=True, add_cross_attention=True, **special_ids(tokenizer)),
-                model_args.decoder_name_or_path)
-            if len(tokenizer) > decoder.config.vocab_size:
-                raise SystemExit(f"--decoder_name_or_path: tokenizer has {len(tokenizer)} tokens, the decoder "
-                                 f"{decoder.config.vocab_size}. Fix: use the decoder's own tokenizer")
-        else:
-            from transformers import GPT2LMHeadModel
-            decoder = GPT2LMHeadModel(decoder_config(model_args, tokenizer))
-        config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
-                                                                         **special_ids(tokenizer))
-        model = VisionEncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
-        return set_special_tokens(model, tokenizer, model_args.max_target_length)
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(
-        encoder_config(model_args), decoder_config(model_args, tokenizer), **special_ids(tokenizer))
-    model = VisionEncoderDecoderModel(config=config)
+    # the two halves: checkpoints, or built from config (the ViT without its pooler: cross-attention reads the
+    # last hidden states, a pooler would be parameters without gradients, which DDP refuses)
+    from transformers import AutoModel, AutoModelForCausalLM, GPT2LMHeadModel, ViTModel
+    encoder = (_load("encoder_name_or_path", lambda p: AutoModel.from_pretrained(p, add_pooling_layer=False),
+                     model_args.encoder_name_or_path) if model_args.encoder_name_or_path
+               else ViTModel(encoder_config(model_args), add_pooling_layer=False))
+    if model_args.decoder_name_or_path:
+        def load_decoder(path):
+            cfg = AutoConfig.from_pretrained(path)
+            cfg.update(dict(is_decoder=True, add_cross_attention=True, **special_ids(tokenizer)))
+            return AutoModelForCausalLM.from_pretrained(path, config=cfg)  # new cross-attention layers start random
+        decoder = _load("decoder_name_or_path", load_decoder, model_args.decoder_name_or_path)
+        if len(tokenizer) > decoder.config.vocab_size:
+            raise SystemExit(f"--decoder_name_or_path: tokenizer has {len(tokenizer)} tokens, the decoder "
+                             f"{decoder.config.vocab_size}. Fix: use the decoder's own tokenizer")
+    else:
+        decoder = GPT2LMHeadModel(decoder_config(model_args, tokenizer))
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder.config, decoder.config,
+                                                                     **special_ids(tokenizer))
+    model = VisionEncoderDecoderModel(config=config, encoder=encoder, decoder=decoder)
     return set_special_tokens(model, tokenizer, model_args.max_target_length)
 
 
