@@ -173,6 +173,29 @@ def constant_caption(train_ds) -> str:
     return Counter(r[0] for r in train_ds["references"]).most_common(1)[0][0]
 
 
+class CaptionTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose checkpoint loading (--resume_from_checkpoint, load_best_model_at_end) goes through
+    from_pretrained. transformers 5.24 saves ViT weights under their original names (encoder.encoder.layer.0.
+    attention.attention.query...) while the module holds encoder.layers.0.attention.q_proj...: Trainer's plain
+    load_state_dict(strict=False) skipped every encoder weight with a warning, so a resumed or best-reloaded
+    model silently kept the wrong encoder (measured)."""
+
+    def _load_weights(self, checkpoint: str, model=None) -> None:
+        from transformers import VisionEncoderDecoderModel
+        model = model if model is not None else self.model
+        loaded = VisionEncoderDecoderModel.from_pretrained(checkpoint).state_dict()
+        missing, _ = model.load_state_dict(loaded, strict=False)  # the reloaded ViT has an unused pooler
+        if missing:
+            raise SystemExit(f"--resume_from_checkpoint: {checkpoint} lacks {len(missing)} weights of this model "
+                             f"(e.g. {missing[0]}). Fix: resume with the same model arguments")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_weights(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        self._load_weights(self.state.best_model_checkpoint)
+
+
 def check_args(model_args: ModelArguments, data_args: DataArguments, args: CaptionTrainingArguments) -> None:
     if args.generation_max_length is not None and args.generation_max_length < 2:
         raise SystemExit(f"--generation_max_length: {args.generation_max_length} < 2. Fix: e.g. "
@@ -216,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"eos={model.generation_config.eos_token_id} pad={model.generation_config.pad_token_id}")
 
     # -- train
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
+    trainer = CaptionTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
                              processing_class=tokenizer, data_collator=CaptionCollator(),
                              compute_metrics=make_compute_metrics(tokenizer, list(raw["validation"]["references"])))
     start = time.time()
@@ -248,6 +271,7 @@ def evaluate_and_report(trainer, data_args, args, raw, ds, tokenizer, train_seco
     out = Path(args.output_dir)
     plot_curves(trainer.state.log_history, out / "curves.png", metrics=("bleu4", "cider"))
     const = constant_caption(raw["train"])
+    trainer.compute_metrics = None  # it scores the validation references; each split is scored here
     metrics = {"constant_caption": const, "train_seconds": round(train_seconds, 1)}
     with open(out / "test_predictions.jsonl", "w", encoding="utf-8") as f:
         for split in [s for s in data_args.eval_splits() if s != "validation"]:

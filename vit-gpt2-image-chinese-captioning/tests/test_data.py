@@ -48,7 +48,7 @@ def test_images_load_lazily_in_the_transform(shapes, monkeypatch):
     assert tuple(item["pixel_values"].shape) == (3, 32, 32)
     # evaluation splits: one row per image, all its references
     assert set(raw) == {"train", "validation", "test", "test_unseen"}
-    assert all(len(r) == 3 for r in raw["test"]["references"])
+    assert all(len(r) == 6 for r in raw["test"]["references"])
 
 
 def test_labels_are_minus_100_on_padding_and_padding_does_not_change_the_loss():
