@@ -119,7 +119,7 @@ def decode_image(data: bytes, args: ServeArguments):
         try:
             return load_rgb(f.name, args.max_pixels, args.min_side)
         except BadImage as e:
-            status = {"too_large": 413, "too_small": 422}.get(e.reason, 415)
+            status = {"decompression_bomb": 413, "too_small": 422}.get(e.reason, 415)
             msg = "not a readable image" if status == 415 else "image rejected"
             raise ApiError(status, f"{msg} ({e.reason}: {e.detail.replace(f.name, '<upload>')})", e.reason,
                            "image") from None
