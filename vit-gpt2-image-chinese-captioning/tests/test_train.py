@@ -61,3 +61,13 @@ def test_resume_last_continues_from_the_newest_complete_checkpoint(trained, shap
                     "--max_eval_samples", "8", "--report_to", "none", "--disable_tqdm", "true"])
     state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
     assert state["global_step"] == step and m["test_images"] == 8
+
+
+def test_benchmark_runs_both_paths_in_one_run(trained, shapes):
+    import benchmark
+    out, _ = trained
+    r = benchmark.main(["--model_dir", str(out), "--data_dir", str(shapes[1]), "--num_workers", "1",
+                        "--n_images", "64", "--n_caption", "8", "--num_beams", "2"])
+    assert r["images_per_s_main_process"] > 0 and r["images_per_s_1_workers"] > 0
+    assert r["captions_per_s_greedy"] > 0 and r["captions_per_s_beam2"] > 0
+    assert (out / "benchmark.json").is_file()
