@@ -8,12 +8,14 @@ from model import caption_images, load_trained
 
 def test_heldout_bleu4_is_well_above_the_constant_caption(trained):
     out, m = trained
-    # held-out images of seen attribute combinations; measured OMP_NUM_THREADS=1, seed 42: BLEU-4 67.0 vs constant
-    # 56.4 (+10.6), CIDEr 2.29 vs 1.10 (2.1x); thresholds at about half the margins
-    assert m["test_bleu4"] > m["test_constant_bleu4"] + 5, m
-    assert m["test_cider"] > 1.5 * m["test_constant_cider"], m
+    # held-out images of seen attribute combinations; measured OMP_NUM_THREADS=1: seed 42 BLEU-4 67.0 vs constant
+    # 56.4 (+10.6), CIDEr 2.29 vs 1.10 (+1.19); seed 7 BLEU-4 67.0 vs 58.4 (+8.6), CIDEr 2.05 vs 1.31 (+0.74).
+    # Thresholds below half the smaller margin.
+    assert m["test_bleu4"] > m["test_constant_bleu4"] + 4, m
+    assert m["test_cider"] > m["test_constant_cider"] + 0.3, m
     # test_unseen (colour-shape pairs never seen in train) is reported, not asserted: this tiny run does not
-    # generalise to new combinations (seed 42: BLEU-4 60.5 vs constant 62.8, CIDEr 0.97 vs 1.42; README)
+    # generalise to new combinations reliably (seed 42: BLEU-4 60.5 vs constant 62.8, CIDEr 0.97 vs 1.42;
+    # seed 7: 65.0 vs 58.7, CIDEr 1.40 vs 0.73; README)
     assert m["test_unseen_images"] == 80 and m["test_unseen_bleu4"] > 0
     saved = json.loads((out / "test_results.json").read_text(encoding="utf-8"))
     assert saved["test_bleu4"] == pytest.approx(m["test_bleu4"]) and "constant_caption" in saved
@@ -22,8 +24,8 @@ def test_heldout_bleu4_is_well_above_the_constant_caption(trained):
 def test_captions_differ_across_images(trained):
     """Not 'the same caption for every image': distinct generated captions close to distinct true ones."""
     _, m = trained
-    # measured seed 42: test 21 distinct generated / 77 true, test_unseen 22 / 70; the untrained model and the
-    # constant baseline give 1-2; the default run (README) 146 / 298. Threshold about halfway.
+    # measured: seed 42 test 21 distinct generated / 77 true, test_unseen 22 / 70; seed 7 52 / 77 and 37 / 69; the
+    # untrained model and the constant baseline give 1-2; the default run (README) 265 / 495. Threshold about halfway.
     for split in ("test", "test_unseen"):
         assert m[f"{split}_distinct_generated"] >= 10, m
         assert m[f"{split}_most_common_share"] < 0.3, m
