@@ -17,10 +17,10 @@ from transformers import HfArgumentParser
 OUT = Path(__file__).resolve().parents[1] / "images" / "vit-gpt2-image-chinese-captioning.png"
 STEPS = [
     "make_data.py: PIL scenes (shape, colour, count, position, size, background, noise)\n"
-    "+ several Chinese captions per image; test_unseen = colour-shape pairs never in train",
-    "clean_data.py: decode every image (zero-byte / truncated / unreadable / bomb / tiny -> rejects),\n"
-    "CMYK / P / RGBA / L -> RGB, EXIF rotation; normalise text; drop duplicate pairs",
-    "dataset.py: jsonl rows only; images opened lazily in the transform (load_rgb + ViT image processor),\n"
+    "+ several Chinese captions per image;\ntest_unseen = colour-shape pairs never in train",
+    "clean_data.py: decode every image (zero-byte / truncated / unreadable / bomb / tiny\n-> rejects), "
+    "CMYK / P / RGBA / L -> RGB, EXIF rotation; normalise text; drop duplicates",
+    "dataset.py: jsonl rows only; images opened lazily in the transform\n(load_rgb + ViT image processor), "
     "captions -> ids + [SEP]; collator pads labels with -100",
     "model.py: VisionEncoderDecoderModel = ViT encoder (patches + [CLS] + positions)\n"
     "+ GPT-2 decoder with cross-attention; [CLS] start / [SEP] eos / [PAD] set before building",
@@ -32,15 +32,15 @@ STEPS = [
 ]
 VIT_STEPS = [
     "image (B, 3, 224, 224)   [offline default: (B, 3, 64, 64)]",
-    "patch embedding Conv2d(3, 768, kernel 16, stride 16) -> (B, 768, 14, 14) -> flatten -> (B, 196, 768)\n"
+    "patch embedding Conv2d(3, 768, kernel 16, stride 16) -> (B, 768, 14, 14)\n-> flatten -> (B, 196, 768)\n"
     "[offline: Conv2d(3, 128, 16, 16) -> (B, 16, 128)]",
     "prepend [CLS] + add learned position embeddings -> (B, 197, 768)   [offline: (B, 17, 128)]",
-    "N encoder blocks: LayerNorm -> self-attention -> + ; LayerNorm -> MLP (4x) -> +   shape kept (B, 197, 768)\n"
+    "N encoder blocks: LayerNorm -> self-attention -> + ; LayerNorm -> MLP (4x) -> +\nshape kept (B, 197, 768)\n"
     "[vit-base: 12 blocks, 12 heads; offline: 2 blocks, 4 heads]",
     "final LayerNorm -> last_hidden_state (B, 197, 768) = encoder_hidden_states\n"
     "(projected by enc_to_dec_proj when the decoder width differs)",
-    "GPT-2 decoder block: masked self-attention over the caption so far, cross-attention\n"
-    "(queries = caption positions, keys/values = the 197 image states), MLP -> next character",
+    "GPT-2 decoder block: masked self-attention over the caption so far,\ncross-attention (queries = caption "
+    "positions, keys/values = the 197 image states),\nMLP -> next character",
 ]
 
 
