@@ -47,15 +47,14 @@ def test_absurd_learning_rate_is_flagged_and_not_saved(clean, tiny_model, tmp_pa
     assert not (out / "model.safetensors").exists()
 
 
-def test_save_load_round_trip_gives_the_same_embeddings(trained):
+def test_save_load_round_trip_gives_the_same_embeddings(trained, clean):
     out, m = trained
     model, processor = load_trained(str(out))
     assert type(model).__name__ == "ChineseCLIPModel" and type(processor).__name__ == "ChineseCLIPProcessor"
     assert type(processor.image_processor).__name__ == "ChineseCLIPImageProcessorPil"  # no torchvision here
     args = train.CLIPTrainingArguments(output_dir=str(out / "eval"), per_device_train_batch_size=32,
                                        dataloader_num_workers=0, report_to="none")
-    data_args = DataArguments(data_dir=str(out.parent / [p.name for p in out.parent.iterdir()
-                                                         if p.name.startswith("clean")][0]))
+    data_args = DataArguments(data_dir=str(clean[0]))  # not a search of the shared tmp dir: other folders' too
     again = train.evaluate_split(model, processor, load_images_table(data_args.split_file("test")), data_args, args)
     for key in ("i2t_r1", "t2i_r1", "i2t_r10", "zs_colour_acc"):
         assert again[key] == pytest.approx(m[f"test_{key}"], abs=1e-6), key
