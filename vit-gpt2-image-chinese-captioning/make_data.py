@@ -35,14 +35,16 @@ BACKGROUNDS = {"黑色": (20, 20, 20), "白色": (235, 235, 235), "灰色": (128
 COUNTS = {1: "一", 2: "两", 3: "三"}
 POSITIONS = ["左边", "右边", "上面", "下面", "中间"]
 SIZES = ["大", "小"]
-# several phrasings per image (a captioner needs several references; CLIP samples one per step)
+# several phrasings per image (a captioner needs several references; CLIP samples one per step); every phrasing
+# names all six attributes, so two images share a caption only when they show the same scene (a captioner's distinct
+# captions can then be compared with the number of distinct scenes)
 TEMPLATES = [
-    "{bg}背景上有{n}个{colour}的{shape}",
+    "{bg}背景的{pos}有{n}个{size}的{colour}{shape}",
     "{n}个{size}{colour}{shape}在{bg}背景的{pos}",
-    "一张{bg}底色的图片，{pos}画着{n}个{colour}{shape}",
+    "一张{bg}底色的图片，{pos}画着{n}个{size}{colour}{shape}",
     "图片{pos}有{n}个{size}的{colour}{shape}，背景是{bg}",
-    "在{bg}的背景上，{pos}有{n}个{colour}{shape}",
-    "{colour}的{shape}，一共{n}个，背景是{bg}",
+    "在{bg}的背景上，{pos}有{n}个{size}{colour}{shape}",
+    "{size}的{colour}{shape}，一共{n}个，位于{bg}背景的{pos}",
 ]
 
 

@@ -46,6 +46,9 @@ class ModelArguments:
     max_target_length: int = field(default=32, metadata={"help": "Caption tokens incl. [SEP]; decoder positions."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout of both halves (0: short runs underfit)."})
     vocab_min_freq: int = field(default=1, metadata={"help": "Caption characters seen fewer times become [UNK]."})
+    position_init: str = field(default="sincos", metadata={
+        "help": "Start of the small ViT's (learned) position embeddings: sincos = a 2-D sine-cosine table (MAE's), "
+                "random = ViT's N(0, 0.02). Measured in the README: position/count accuracy of the captions."})
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "encoder_hidden_size", "encoder_layers", "decoder_hidden_size",
@@ -60,6 +63,11 @@ class ModelArguments:
             if getattr(self, name) % self.num_attention_heads:
                 raise SystemExit(f"--{name}: {getattr(self, name)} is not a multiple of --num_attention_heads "
                                  f"{self.num_attention_heads}. Fix: e.g. --{name} 128 --num_attention_heads 4")
+        if self.position_init not in ("sincos", "random"):
+            raise SystemExit(f"--position_init: {self.position_init!r} is not sincos or random. Fix: --position_init sincos")
+        if self.position_init == "sincos" and self.encoder_hidden_size % 4:
+            raise SystemExit(f"--encoder_hidden_size: {self.encoder_hidden_size} is not a multiple of 4, which the "
+                             "sine-cosine table needs. Fix: e.g. 128, or --position_init random")
         if not 0 <= self.dropout < 1:
             raise SystemExit(f"--dropout: {self.dropout} must be in [0, 1). Fix: e.g. 0 or 0.1")
         if self.model_name_or_path and (self.encoder_name_or_path or self.decoder_name_or_path):
@@ -121,6 +129,21 @@ def decoder_config(model_args: ModelArguments, tokenizer) -> GPT2Config:
                       add_cross_attention=True, is_decoder=True, **special_ids(tokenizer))
 
 
+def small_vit(model_args: ModelArguments):
+    """The offline ViT from config; with --position_init sincos its position embeddings start from a 2-D sine-cosine
+    table ([CLS] row zero): from N(0, 0.02), a ViT trained from scratch on a few thousand images learns where
+    things are slowly (README: the position words of its captions)."""
+    from transformers import ViTModel
+    from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+    vit = ViTModel(encoder_config(model_args), add_pooling_layer=False)
+    if model_args.position_init == "sincos":
+        grid = model_args.image_size // model_args.patch_size
+        table = build_2d_sinusoidal_position_embedding(grid, grid, model_args.encoder_hidden_size, cls_token=True)
+        with torch.no_grad():
+            vit.embeddings.position_embeddings.copy_(table.unsqueeze(0))
+    return vit
+
+
 def set_special_tokens(model, tokenizer, max_target_length: int):
     """Top-level config, decoder config and generation_config all agree on start/eos/pad."""
     ids = special_ids(tokenizer)
@@ -142,10 +165,10 @@ def build_model(model_args: ModelArguments, tokenizer):
         return set_special_tokens(model, tokenizer, model_args.max_target_length)
     # the two halves: checkpoints, or built from config (the ViT without its pooler: cross-attention reads the
     # last hidden states, a pooler would be parameters without gradients, which DDP refuses)
-    from transformers import AutoModel, AutoModelForCausalLM, GPT2LMHeadModel, ViTModel
+    from transformers import AutoModel, AutoModelForCausalLM, GPT2LMHeadModel
     encoder = (_load("encoder_name_or_path", lambda p: AutoModel.from_pretrained(p, add_pooling_layer=False),
                      model_args.encoder_name_or_path) if model_args.encoder_name_or_path
-               else ViTModel(encoder_config(model_args), add_pooling_layer=False))
+               else small_vit(model_args))
     if model_args.decoder_name_or_path:
         def load_decoder(path):
             cfg = AutoConfig.from_pretrained(path)

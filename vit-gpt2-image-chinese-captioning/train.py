@@ -15,6 +15,7 @@ checkpoint-*/, runs/ (tensorboard), curves.png, eval_results.json, test_results.
 """
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ import torch
 from transformers import HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
 from dataset import CaptionCollator, DataArguments, load_splits, with_transform
+from make_data import BACKGROUNDS, COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
 from model import ModelArguments, build_model, decode, load_image_processor, load_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -162,9 +164,56 @@ def caption_metrics(hyps: list[str], refs: list[list[str]]) -> dict:
     return out
 
 
+SCENE_VALUES = {"background": list(BACKGROUNDS), "colour": list(COLOURS), "shape": SHAPES, "position": POSITIONS,
+                "size": SIZES}
+COUNT_WORD = re.compile("([" + "".join(COUNTS.values()) + "])个")  # 「两个」; not the 三 of 三角形 or the 一 of 一共
+
+
+def parse_scene(text: str) -> dict:
+    """The six attributes a make_data.py caption names; None for one it does not name exactly once."""
+    scene = {}
+    for key, values in SCENE_VALUES.items():
+        found = [v for v in values if v in text]
+        scene[key] = found[0] if len(found) == 1 and text.count(found[0]) == 1 else None
+    counts = COUNT_WORD.findall(text)
+    scene["count"] = counts[0] if len(counts) == 1 else None
+    return scene
+
+
+def scene_metrics(hyps: list[str], refs: list[list[str]]) -> dict:
+    """With make_data.py's captions (every reference names all six attributes): the share of images whose caption
+    gets each attribute right, all six right (scene_accuracy), and the number of distinct true scenes. {} for other
+    data (a reference that does not parse)."""
+    truth = [parse_scene(r[0]) for r in refs]
+    if not truth or any(None in t.values() for t in truth):
+        return {}
+    pred = [parse_scene(h) for h in hyps]
+    out = {f"{k}_accuracy": float(np.mean([p[k] == t[k] for p, t in zip(pred, truth)])) for k in truth[0]}
+    out["scene_accuracy"] = float(np.mean([p == t for p, t in zip(pred, truth)]))
+    out["distinct_scenes"] = len({tuple(sorted(t.items())) for t in truth})
+    return out
+
+
+def distinct_true_captions(refs: list[list[str]]) -> int:
+    """Images linked by a shared reference caption form one group; the groups are the distinct true captions (one
+    caption can describe every image of a group). With make_data.py's data: about the distinct scenes."""
+    group = list(range(len(refs)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i] = group[group[i]]
+        return i
+    first_image = {}
+    for i, captions in enumerate(refs):
+        for c in captions:
+            group[root(i)] = root(first_image.setdefault(c, i))
+    return len({root(i) for i in range(len(refs))})
+
+
 def distinct_counts(hyps: list[str], refs: list[list[str]]) -> dict:
-    """No 'same caption for every image': distinct generated captions vs distinct true ones (reference sets)."""
-    return {"distinct_generated": len(set(hyps)), "distinct_true": len({tuple(sorted(r)) for r in refs}),
+    """No 'same caption for every image': distinct generated captions vs distinct true ones."""
+    return {"distinct_generated": len(set(hyps)), "distinct_true": distinct_true_captions(refs),
+            "distinct_reference_sets": len({tuple(sorted(r)) for r in refs}),
             "most_common_share": Counter(hyps).most_common(1)[0][1] / len(hyps) if hyps else 0.0}
 
 
@@ -213,7 +262,8 @@ def make_compute_metrics(tokenizer, refs: list[list[str]]):
     def compute_metrics(eval_pred):
         preds = np.where(eval_pred.predictions < 0, tokenizer.pad_token_id, eval_pred.predictions)
         hyps = decode(tokenizer, preds)
-        return {**caption_metrics(hyps, refs[:len(hyps)]), **distinct_counts(hyps, refs[:len(hyps)])}
+        refs_ = refs[:len(hyps)]
+        return {**caption_metrics(hyps, refs_), **distinct_counts(hyps, refs_), **scene_metrics(hyps, refs_)}
     return compute_metrics
 
 
@@ -260,8 +310,10 @@ def evaluate_split(trainer, raw_split, ds_split, tokenizer, const: str, split: s
     refs = list(raw_split["references"])
     preds = trainer.predict(ds_split, metric_key_prefix=split).predictions
     hyps = decode(tokenizer, np.where(preds < 0, tokenizer.pad_token_id, preds))
-    metrics = {f"{split}_{k}": v for k, v in {**caption_metrics(hyps, refs), **distinct_counts(hyps, refs)}.items()}
-    metrics.update({f"{split}_constant_{k}": v for k, v in caption_metrics([const] * len(refs), refs).items()})
+    scores = {**caption_metrics(hyps, refs), **distinct_counts(hyps, refs), **scene_metrics(hyps, refs)}
+    metrics = {f"{split}_{k}": v for k, v in scores.items()}
+    constant = {**caption_metrics([const] * len(refs), refs), **scene_metrics([const] * len(refs), refs)}
+    metrics.update({f"{split}_constant_{k}": v for k, v in constant.items()})
     metrics[f"{split}_images"] = len(refs)
     return metrics, hyps
 
@@ -284,7 +336,12 @@ def evaluate_and_report(trainer, data_args, args, raw, ds, tokenizer, train_seco
             for k in ("bleu4", "cider"):
                 print(f"{k:6s} model {m[f'{split}_{k}']:8.3f}   constant caption {m[f'{split}_constant_{k}']:8.3f}")
             print(f"distinct captions: generated {m[f'{split}_distinct_generated']}, "
-                  f"true {m[f'{split}_distinct_true']}")
+                  f"true {m[f'{split}_distinct_true']} (reference sets {m[f'{split}_distinct_reference_sets']})")
+            if f"{split}_scene_accuracy" in m:
+                keys = ["scene"] + list(SCENE_VALUES) + ["count"]
+                print("accuracy " + ", ".join(f"{k} {m[f'{split}_{k}_accuracy']:.3f}" for k in keys)
+                      + f"; constant caption scene {m[f'{split}_constant_scene_accuracy']:.3f}; "
+                      f"distinct scenes {m[f'{split}_distinct_scenes']}")
             for path, h, r in list(zip(raw[split]["image_path"], hyps, raw[split]["references"]))[
                     :data_args.num_examples_to_print]:
                 print(f"  {Path(path).name}: {h} | true: {r[0]}")

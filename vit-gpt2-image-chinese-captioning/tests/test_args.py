@@ -23,6 +23,8 @@ CASES = [
     (["--decoder_layers", "0"], "--decoder_layers"),
     (["--max_target_length", "0"], "--max_target_length"),
     (["--dropout", "1.5"], "--dropout"),
+    (["--position_init", "learned"], "--position_init"),
+    (["--encoder_hidden_size", "6", "--num_attention_heads", "2"], "--encoder_hidden_size"),  # sincos needs 4 | h
     (["--model_name_or_path", "x", "--encoder_name_or_path", "y"], "--model_name_or_path"),
     (["--test_unseen_file", "/no/such.jsonl"], "--test_unseen_file"),
     (["--resume_from_checkpoint", "last"], "--resume_from_checkpoint"),

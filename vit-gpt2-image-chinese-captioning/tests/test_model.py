@@ -126,3 +126,19 @@ def test_decoder_with_a_tokenizer_without_cls_fails_with_one_line(tmp_path):
     tok.save_pretrained(tmp_path / "nocls")
     with pytest.raises(SystemExit, match="--decoder_name_or_path: its tokenizer has no cls_token"):
         load_tokenizer(ModelArguments(decoder_name_or_path=str(tmp_path / "nocls")), [])
+
+
+def test_small_vit_position_embeddings_start_from_the_2d_sincos_table():
+    """--position_init sincos: row 1 + r * grid + c holds sin/cos of r (first half) and c (second half); [CLS] zero."""
+    import torch
+    from model import ModelArguments, small_vit
+    args = ModelArguments(image_size=32, patch_size=8, encoder_hidden_size=16, num_attention_heads=2)
+    table = small_vit(args).embeddings.position_embeddings[0].detach()
+    assert table.shape == (1 + 16, 16) and torch.equal(table[0], torch.zeros(16))
+    r, c = 2, 3
+    omega = 1.0 / 10000 ** (torch.arange(4, dtype=torch.float64) / 4)
+    want = torch.cat([torch.sin(r * omega), torch.cos(r * omega), torch.sin(c * omega), torch.cos(c * omega)])
+    assert torch.allclose(table[1 + r * 4 + c], want.float(), atol=1e-6)
+    torch.manual_seed(0)
+    random = small_vit(ModelArguments(**{**vars(args), "position_init": "random"})).embeddings.position_embeddings
+    assert random.std().item() < 0.05  # ViT's N(0, 0.02), no spatial structure
