@@ -10,10 +10,12 @@ tokens (add-one smoothing over the vocabulary) and their ratio; a few generated 
 (printed, samples.jsonl, tensorboard text). chat: exact match of the last answer of held-out dialogues (greedy)
 before and after training, by kind, plus the validation loss on answer tokens.
 """
+import functools
 import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,11 +101,64 @@ def plot_curves(log_history: list[dict], path, metrics: tuple[str, ...] = (), lo
     plt.close(fig)
 
 
+# Copied from model_clm/train.py:bf16_matmul_is_slow
+@functools.cache
+def bf16_matmul_is_slow() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices slower than float32 ones (timed once, ~0.1 s). Measured with a
+    512x1408 matrix: AMD EPYC (Zen 4, avx512_bf16 but no AMX) bf16 80 ms vs fp32 12 ms; Intel Xeon with AMX
+    bf16 2.1 ms vs fp32 16 ms."""
+    def best_seconds(dtype):
+        x = torch.randn(256, 704).to(dtype)
+        times = []
+        for _ in range(4):
+            start = time.perf_counter()
+            x @ x.T
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+    return best_seconds(torch.bfloat16) > best_seconds(torch.float32)
+
+
+# Copied from model_clm/train.py:Float32Muon
+class Float32Muon(torch.optim.Muon):
+    """torch.optim.Muon with the Newton-Schulz iteration in float32 (torch casts the update to bfloat16 first), for
+    CPUs whose bf16 matmul is slow (bf16_matmul_is_slow): on the AMD EPYC the README's qwen2 command spent 310 s in
+    its 2 steps with torch's Muon (2.5 s with --use_muon false). step() is torch's _single_tensor_muon: the same
+    group hyperparameters and momentum_buffer state, so checkpoints load into either class."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            a, b, c = group["ns_coefficients"]
+            for param, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - momentum)
+                x = (grad.lerp(buf, momentum) if group["nesterov"] else buf).float()
+                tall = x.size(0) > x.size(1)
+                x = x.T if tall else x
+                x = x / x.norm().clamp(min=group["eps"])  # spectral norm <= 1
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.T
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                x = x.T if tall else x
+                A, B = param.shape
+                ratio = 0.2 * max(A, B) ** 0.5 if group["adjust_lr_fn"] == "match_rms_adamw" else max(1, A / B) ** 0.5
+                param.mul_(1 - lr * wd)
+                param.add_(x.to(param.dtype), alpha=-lr * ratio)
+        return loss
+
+
 # Copied from model_clm/train.py:MuonWithAdamW
 class MuonWithAdamW(torch.optim.Optimizer):
-    """Muon (torch.optim.Muon: momentum, then the update matrix orthogonalised by Newton-Schulz) for the 2-D weights
-    of Linear layers, AdamW for everything Muon is not meant for: embeddings (and the head tied to them), the
-    output head, norms, biases. One optimizer object so that Trainer's lr schedule, checkpoints and resume see both."""
+    """Muon (torch.optim.Muon; Float32Muon on a CPU with slow bf16 matmuls: momentum, then the update matrix orthogonalised by Newton-Schulz)
+    for the 2-D weights of Linear layers, AdamW for everything Muon is not meant for: embeddings (and the head tied
+    to them), the output head, norms, biases. One optimizer object so that Trainer's lr schedule, checkpoints and
+    resume see both."""
 
     def __init__(self, model, lr: float, muon_lr: float, weight_decay: float, betas=(0.9, 0.95)):
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
@@ -112,9 +167,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         params = [p for p in model.parameters() if p.requires_grad]
         matrices = [p for p in params if p.ndim == 2 and id(p) not in embeddings]
         others = [p for p in params if p.ndim != 2 or id(p) in embeddings]
+        on_cpu = all(p.device.type == "cpu" for p in matrices)
+        muon = Float32Muon if on_cpu and bf16_matmul_is_slow() else torch.optim.Muon
         # AdamW first: Trainer logs the first group's lr, which is then --learning_rate's
         self.optimizers = [torch.optim.AdamW(others, lr=lr, betas=betas, weight_decay=0.0),
-                           torch.optim.Muon(matrices, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="original")]
+                           muon(matrices, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="original")]
         self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
         self.defaults, self.state = {}, {}
         self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
