@@ -107,7 +107,7 @@ def plot_curves(log_history: list[dict], path, metrics: tuple[str, ...] = (), lo
 class CaptionTrainingArguments(Seq2SeqTrainingArguments):
     # Defaults tuned for the offline small ViT + GPT-2 on 2 CPU cores (see README for the measurements).
     output_dir: str = field(default=str(HERE / "outputs/captioner"))
-    num_train_epochs: float = 4
+    num_train_epochs: float = 8
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     learning_rate: float = 1e-3
@@ -118,7 +118,9 @@ class CaptionTrainingArguments(Seq2SeqTrainingArguments):
     save_strategy: str = "epoch"
     save_total_limit: int | None = 2
     load_best_model_at_end: bool = True
-    metric_for_best_model: str | None = "bleu4"
+    # auto: scene_accuracy on make_data.py's captions, else bleu4. BLEU-4 also rewards the phrasing that was drawn:
+    # measured, it kept epoch 4 of 8 (validation BLEU-4 80.4, all six attributes right 0.47) over epoch 8 (73.7, 0.71)
+    metric_for_best_model: str | None = "auto"
     greater_is_better: bool | None = True
     logging_steps: float = 20
     report_to: None | str | list[str] = "tensorboard"
@@ -192,6 +194,11 @@ def scene_metrics(hyps: list[str], refs: list[list[str]]) -> dict:
     out["scene_accuracy"] = float(np.mean([p == t for p, t in zip(pred, truth)]))
     out["distinct_scenes"] = len({tuple(sorted(t.items())) for t in truth})
     return out
+
+
+def best_model_metric(refs: list[list[str]]) -> str:
+    """`--metric_for_best_model auto`: scene_accuracy when the validation captions parse into attributes, else bleu4."""
+    return "scene_accuracy" if scene_metrics([r[0] for r in refs], refs) else "bleu4"
 
 
 def distinct_true_captions(refs: list[list[str]]) -> int:
@@ -289,6 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"eos={model.generation_config.eos_token_id} pad={model.generation_config.pad_token_id}")
 
     # -- train
+    if args.metric_for_best_model == "auto":
+        args.metric_for_best_model = best_model_metric(list(raw["validation"]["references"]))
     trainer = CaptionTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
                              processing_class=tokenizer, data_collator=CaptionCollator(),
                              compute_metrics=make_compute_metrics(tokenizer, list(raw["validation"]["references"])))

@@ -4,7 +4,7 @@ import random
 import pytest
 
 import make_data
-from train import caption_metrics, distinct_counts, distinct_true_captions, parse_scene, scene_metrics
+from train import best_model_metric, caption_metrics, distinct_counts, distinct_true_captions, parse_scene, scene_metrics
 
 
 def test_every_template_names_all_six_attributes_and_parses_back():
@@ -27,6 +27,8 @@ def test_a_caption_that_names_an_attribute_twice_or_never_does_not_count_as_righ
 
 def test_scene_metrics_are_empty_for_captions_not_from_make_data():
     assert scene_metrics(["一只猫坐在沙发上"], [["一只猫坐在沙发上", "沙发上的猫"]]) == {}
+    assert best_model_metric([["一只猫坐在沙发上", "沙发上的猫"]]) == "bleu4"
+    assert best_model_metric([["图片左边有两个大的红色圆形，背景是灰色"]]) == "scene_accuracy"
 
 
 def test_distinct_true_captions_groups_images_that_share_a_reference():

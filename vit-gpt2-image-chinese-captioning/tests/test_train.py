@@ -6,17 +6,23 @@ import pytest
 from model import caption_images, load_trained
 
 
-# Measured with the `trained` fixture (Intel Xeon, 2 cores, OMP_NUM_THREADS=1, ~35 s of training), seeds 42 / 7:
-#   test        BLEU-4 71.0 vs constant 46.8 / 67.0 vs 41.6;  CIDEr 3.03 vs 1.14 / 2.45 vs 1.27
-#   test_unseen BLEU-4 70.1 vs constant 44.1 / 63.4 vs 41.5;  CIDEr 2.12 vs 0.68 / 1.60 vs 0.76
-#   distinct generated / true: test 66 / 77, 51 / 77; test_unseen 53 / 70, 38 / 69 (untrained and constant: 1-2)
-#   colour accuracy 0.925 vs constant 0.125 / 0.725 vs 0.275
+# Measured with the `trained` fixture (OMP_NUM_THREADS=1, ~20-35 s of training), seeds 42 / 7:
+#   Intel Xeon, 2 cores:
+#     test        BLEU-4 68.1 vs constant 46.8 / 67.0 vs 41.6;  CIDEr 2.96 vs 1.14 / 2.45 vs 1.27
+#     test_unseen BLEU-4 65.1 vs constant 44.1 / 63.4 vs 41.5;  CIDEr 1.93 vs 0.68 / 1.60 vs 0.76
+#     distinct generated / true: test 55 / 77, 51 / 77; test_unseen 54 / 70, 38 / 69 (untrained and constant: 1-2)
+#     colour accuracy 0.925 vs constant 0.125 / 0.725 vs 0.275
+#   AMD EPYC (Zen 4), 2 cores:
+#     test        BLEU-4 63.4 vs constant 46.8 / 65.0 vs 41.6;  CIDEr 2.65 vs 1.14 / 2.46 vs 1.27
+#     test_unseen BLEU-4 62.0 vs constant 44.1 / 61.3 vs 41.5;  CIDEr 1.81 vs 0.68 / 1.60 vs 0.76
+#     distinct generated / true: test 48 / 77, 46 / 77; test_unseen 41 / 70, 34 / 69
+#     colour accuracy 0.875 vs constant 0.125 / 0.775 vs 0.275
 # Every threshold sits at or below half the smaller measured margin.
 
 
 def test_heldout_bleu4_and_cider_are_well_above_the_constant_caption(trained):
     out, m = trained
-    for split, bleu, cider in (("test", 10, 0.5), ("test_unseen", 8, 0.4)):
+    for split, bleu, cider in (("test", 8, 0.5), ("test_unseen", 8, 0.4)):
         assert m[f"{split}_bleu4"] > m[f"{split}_constant_bleu4"] + bleu, m
         assert m[f"{split}_cider"] > m[f"{split}_constant_cider"] + cider, m
     assert m["test_colour_accuracy"] > m["test_constant_colour_accuracy"] + 0.2, m
@@ -27,11 +33,11 @@ def test_heldout_bleu4_and_cider_are_well_above_the_constant_caption(trained):
 
 def test_distinct_captions_are_close_to_the_distinct_true_captions(trained):
     """Not 'the same caption for every image': the model tells the held-out scenes apart about as often as the
-    references do (the default run: 418 distinct for 430 true, README)."""
+    references do (the default run: 449 distinct for 430 true, README)."""
     _, m = trained
     for split in ("test", "test_unseen"):
         assert m[f"{split}_distinct_true"] == m[f"{split}_distinct_scenes"] > 50, m  # 6 references per image
-        assert m[f"{split}_distinct_generated"] >= 0.3 * m[f"{split}_distinct_true"], m
+        assert m[f"{split}_distinct_generated"] >= 0.25 * m[f"{split}_distinct_true"], m
         assert m[f"{split}_most_common_share"] < 0.3, m
 
 
