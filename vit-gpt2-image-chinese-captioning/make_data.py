@@ -5,6 +5,7 @@ backgrounds with noise, and several Chinese captions per image from templates (�
     python make_data.py                                   # -> data/cache/shapes (the offline default)
     python make_data.py --n_train 300 --image_size 32 --output_dir /tmp/shapes   # tiny (tests)
     python make_data.py --odd_images                      # + corrupt / CMYK / palette / RGBA / gray / rotated files
+    python make_data.py --skimage_photos                  # + photos.jsonl: scikit-image's 29 real photos (pip install)
 
 Writes to --output_dir: images/<split>/<id>.png and one JSONL per split, one row per (image, caption):
 {"image_path": "images/train/000000.png" (relative to the JSONL's folder), "text": caption, "image_id",
@@ -12,11 +13,16 @@ Writes to --output_dir: images/<split>/<id>.png and one JSONL per split, one row
 image_path,text,image_id CSV files instead. Splits: train, validation, test (attribute combinations seen in
 training, new images) and test_unseen (colour-shape combinations that never occur in train/validation/test).
 meta.json: the attribute values, the held-out combinations, the templates, the counts. Deterministic with --seed.
+--skimage_photos adds images/photos/* and photos.jsonl: the real photos shipped in the scikit-image wheel, copied
+byte for byte, two hand-written Chinese captions each (attributes["expect"]: clean_data.py's outcome). The file has no
+split name, so clean_data.py splits it at random, as it would your own data.
 """
 import csv
+import importlib.util
 import io
 import json
 import random
+import shutil
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -47,6 +53,42 @@ TEMPLATES = [
     "{size}的{colour}{shape}，一共{n}个，位于{bg}背景的{pos}",
 ]
 
+# skimage/data/ of the scikit-image 0.26 wheel: name -> two captions. Real files of every kind clean_data.py meets:
+# grayscale, RGBA (laid on white), a 2-page TIFF, an animated GIF, and a TIFF Pillow 13 cannot read.
+PHOTOS = {
+    "astronaut.png": ("穿橙色宇航服的宇航员在美国国旗前微笑", "一名女宇航员的肖像，旁边放着头盔和航天飞机模型"),
+    "brick.png": ("灰度的砖墙纹理", "一面由长条砖块砌成的墙，黑白照片"),
+    "camera.png": ("一个穿黑色外套的男人在草地上用三脚架上的相机拍照", "黑白照片：摄影师弯腰对着相机取景"),
+    "cell.png": ("显微镜下的一个细胞，灰度图", "灰色背景中间有一个明亮的圆形细胞"),
+    "chelsea.png": ("一只虎斑猫的脸部特写，眼睛是黄绿色的", "一只棕色条纹的猫看着镜头"),
+    "chessboard_GRAY.png": ("黑白相间的国际象棋棋盘格", "一张灰度的棋盘格图案"),
+    "chessboard_RGB.png": ("黑白相间的棋盘格图案", "彩色格式保存的黑白棋盘格"),
+    "clock_motion.png": ("一个因运动而模糊的钟，灰度图", "灰色背景上一个模糊的圆形物体"),
+    "coffee.png": ("一杯浓缩咖啡放在红色的碟子上，旁边有一把勺子", "木桌上的一杯咖啡"),
+    "coins.png": ("黑色背景上排列着许多古代硬币，黑白照片", "四排大小不一的旧硬币"),
+    "color.png": ("黑色背景上的一个彩色色轮", "一个圆形的色相环，中心是白色"),
+    "grass.png": ("一片草地的灰度纹理", "密密的草叶，黑白照片"),
+    "gravel.png": ("一地碎石子的灰度纹理", "密密麻麻的小石子，黑白照片"),
+    "horse.png": ("白色背景上一匹黑色的马的剪影", "一匹站立的马的黑色轮廓"),
+    "hubble_deep_field.jpg": ("哈勃深空场：黑色太空中的许多星系", "夜空里散布着大大小小的彩色星系"),
+    "ihc.png": ("免疫组化染色的组织切片，棕色和蓝色", "显微镜下染成棕色的细胞团"),
+    "logo.png": ("scikit-image 的标志，绿色和橙色的圆里有一条蛇", "一个绿橙两色的圆形标志"),
+    "microaneurysms.png": ("视网膜上的血管和微动脉瘤，灰度特写", "灰色背景上几条暗色的细血管"),
+    "moon.png": ("月球表面的灰度照片", "有陨石坑的月面，黑白"),
+    "motorcycle_left.png": ("车库里停着一辆红色的摩托车", "一辆红黑相间的摩托车，背后是放着纸箱的货架"),
+    "motorcycle_right.png": ("仓库里的一辆红色摩托车", "一辆红色摩托车停在水泥地上"),
+    "multipage.tif": ("一张两页的很小的灰度渐变图", "很小的灰度渐变 TIFF 图"),
+    "multipage_rgb.tif": ("一张两页的很小的彩色图", "很小的彩色 TIFF 图"),
+    "no_time_for_that_tiny.gif": ("一个很小的动图", "一张缩得很小的 GIF 动画"),
+    "page.png": ("一页印着英文的扫描书页", "灰度的文本页面，标题是 Region-based segmentation"),
+    "phantom.png": ("黑色背景上的 Shepp-Logan 头部体模", "一个白色的椭圆里面有几个灰色和黑色的椭圆"),
+    "retina.jpg": ("人眼视网膜的眼底照片，橙红色，可以看到血管", "黑色背景上的一个圆形眼底图像"),
+    "rocket.jpg": ("夜里发射台上的一枚火箭，周围有几座塔架", "灯光照亮的发射台上竖着一枚白色火箭"),
+    "text.png": ("纸上手写的数学公式，灰度照片", "斜着拍的一张写满公式的纸"),
+}
+PHOTO_EXPECT = {"multipage.tif": "too_small", "no_time_for_that_tiny.gif": "too_small",  # 10x15, 14x25
+                "multipage_rgb.tif": "unreadable"}  # measured with Pillow 13.0; the rest are kept
+
 
 @dataclass
 class MakeDataArguments:
@@ -62,6 +104,8 @@ class MakeDataArguments:
     odd_images: bool = field(default=False, metadata={
         "help": "Add to train one file of each odd kind (zero-byte, truncated, not an image, decompression bomb, "
                 "tiny, CMYK, palette, RGBA, grayscale, EXIF-rotated) + a duplicate row: clean_data.py's job."})
+    skimage_photos: bool = field(default=False, metadata={
+        "help": "Also write photos.jsonl: the real photos in the installed scikit-image wheel, captioned by hand."})
     format: str = field(default="jsonl", metadata={"help": "jsonl or csv."})
     seed: int = field(default=42)
 
@@ -84,6 +128,17 @@ class MakeDataArguments:
             raise SystemExit(f"--format: {self.format!r} is not jsonl or csv. Fix: --format jsonl")
         if Path(self.output_dir).is_file():
             raise SystemExit(f"--output_dir: {self.output_dir} is a file. Fix: pass a directory")
+        if self.skimage_photos and skimage_data_dir() is None:
+            raise SystemExit("--skimage_photos: scikit-image is not installed. Fix: pip install scikit-image "
+                             "(its wheel ships the photos), or drop --skimage_photos")
+
+
+def skimage_data_dir() -> Path | None:
+    """skimage/data/ of the installed scikit-image, found without importing it; None when it is not installed."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def heldout_combinations(n: int) -> list[tuple[str, str]]:
@@ -205,6 +260,21 @@ def write_odd_images(root: Path, size: int, rng: random.Random) -> list[dict]:
     return rows
 
 
+def write_photos(root: Path) -> list[dict]:
+    """Copy PHOTOS from scikit-image's data folder to images/photos/ (bytes unchanged) -> one row per caption."""
+    src, dst = skimage_data_dir(), root / "images/photos"
+    dst.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, texts in PHOTOS.items():
+        if not (src / name).is_file():  # another scikit-image version
+            continue
+        shutil.copyfile(src / name, dst / name)
+        rows += [{"image_path": f"images/photos/{name}", "text": t, "image_id": f"photos/{name}",
+                  "attributes": {"expect": PHOTO_EXPECT.get(name, "kept"), "source": f"skimage/data/{name}"}}
+                 for t in texts]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     (args,) = HfArgumentParser(MakeDataArguments).parse_args_into_dataclasses(args=argv)
     rng = random.Random(args.seed)
@@ -228,6 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows += write_odd_images(out, args.image_size, rng)
         _write_rows(out / f"{split}.{args.format}", rows, args.format)
         counts[split] = {"images": n, "rows": len(rows)}
+    if args.skimage_photos:
+        rows = write_photos(out)
+        _write_rows(out / f"photos.{args.format}", rows, args.format)
+        counts["photos"] = {"images": len({r["image_id"] for r in rows}), "rows": len(rows)}
     meta = {"shapes": SHAPES, "colours": list(COLOURS), "backgrounds": list(BACKGROUNDS),
             "counts": {str(k): v for k, v in COUNTS.items()}, "positions": POSITIONS, "sizes": SIZES,
             "heldout_combinations": sorted(heldout), "templates": TEMPLATES, "splits": counts, "args": asdict(args)}

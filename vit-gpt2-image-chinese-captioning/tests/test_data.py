@@ -1,6 +1,7 @@
 """Cleaning (odd images counted exactly), lazy loading, -100 label padding."""
 import json
 
+import pytest
 import torch
 
 import dataset
@@ -73,3 +74,40 @@ def test_labels_are_minus_100_on_padding_and_padding_does_not_change_the_loss():
         a, b = model(pixel_values=pixels, labels=short).loss, model(pixel_values=pixels, labels=padded).loss
         wrong = model(pixel_values=pixels, labels=padded.masked_fill(padded == -100, tok.pad_token_id)).loss
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, wrong, atol=1e-3)
+
+
+# Copied from chinese_clip/tests/test_clean_data.py:test_scikit_image_real_photos_are_cleaned_with_exact_counts
+def test_scikit_image_real_photos_are_cleaned_with_exact_counts(tmp_path):
+    """make_data --skimage_photos: 29 real files (grayscale, RGBA, a 2-page TIFF, an animated GIF, a TIFF Pillow
+    cannot read), two captions each. Every row ends as its attributes["expect"] says, with its line number."""
+    import clean_data
+    import make_data
+    make_data.main(["--output_dir", str(tmp_path / "raw"), "--n_train", "1", "--n_validation", "1", "--n_test", "1",
+                    "--n_test_unseen", "0", "--image_size", "32", "--skimage_photos"])
+    rows = [json.loads(line) for line in (tmp_path / "raw/photos.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 2 * len(make_data.PHOTOS) == 58
+    summary = clean_data.main(["--input", str(tmp_path / "raw/photos.jsonl"), "--output_dir", str(tmp_path / "clean"),
+                               "--num_proc", "1"])
+    assert (summary["read"], summary["kept"], summary["rejected"]) == (58, 52, 6)
+    assert summary["reasons"] == {"too_small": 4, "unreadable": 2}
+    assert summary["images"]["modes"] == {"RGB": 12, "L": 12, "RGBA": 2} and summary["images"]["converted_to_rgb"] == 14
+    rejects = [json.loads(line) for line in (tmp_path / "clean/rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["line"]: r["reason"] for r in rejects} == {
+        i: row["attributes"]["expect"] for i, row in enumerate(rows, 1) if row["attributes"]["expect"] != "kept"}
+    kept = [json.loads(line) for split in summary["splits"]
+            for line in (tmp_path / f"clean/{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(kept) == 52 and all(r["attributes"]["expect"] == "kept" for r in kept)
+    from clean_data import load_rgb
+    horse = load_rgb(tmp_path / "raw/images/photos/horse.png")  # RGBA: a black horse on transparent
+    assert horse.mode == "RGB" and horse.getpixel((0, 0)) == (255, 255, 255)  # laid on white, not black
+    camera = load_rgb(tmp_path / "raw/images/photos/camera.png")  # grayscale
+    r, g, b = camera.getpixel((100, 100))
+    assert camera.mode == "RGB" and r == g == b
+
+
+# Copied from chinese_clip/tests/test_clean_data.py:test_skimage_photos_without_scikit_image_fail_with_the_fix
+def test_skimage_photos_without_scikit_image_fail_with_the_fix(tmp_path, monkeypatch):
+    import make_data
+    monkeypatch.setattr(make_data, "skimage_data_dir", lambda: None)
+    with pytest.raises(SystemExit, match=r"^--skimage_photos: .*Fix: pip install scikit-image"):
+        make_data.main(["--output_dir", str(tmp_path), "--skimage_photos"])
