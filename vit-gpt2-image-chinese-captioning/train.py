@@ -296,11 +296,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"eos={model.generation_config.eos_token_id} pad={model.generation_config.pad_token_id}")
 
     # -- train
+    val_refs = list(raw["validation"]["references"])
     if args.metric_for_best_model == "auto":
-        args.metric_for_best_model = best_model_metric(list(raw["validation"]["references"]))
+        args.metric_for_best_model = best_model_metric(val_refs)
     trainer = CaptionTrainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
                              processing_class=tokenizer, data_collator=CaptionCollator(),
-                             compute_metrics=make_compute_metrics(tokenizer, list(raw["validation"]["references"])))
+                             compute_metrics=make_compute_metrics(tokenizer, val_refs))
     start = time.time()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     train_seconds = time.time() - start

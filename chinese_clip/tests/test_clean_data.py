@@ -141,10 +141,9 @@ def test_scikit_image_real_photos_are_cleaned_with_exact_counts(tmp_path):
     kept = [json.loads(line) for split in summary["splits"]
             for line in (tmp_path / f"clean/{split}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(kept) == 52 and all(r["attributes"]["expect"] == "kept" for r in kept)
-    from clean_data import load_rgb
-    horse = load_rgb(tmp_path / "raw/images/photos/horse.png")  # RGBA: a black horse on transparent
+    horse = clean_data.load_rgb(tmp_path / "raw/images/photos/horse.png")  # RGBA: a black horse on transparent
     assert horse.mode == "RGB" and horse.getpixel((0, 0)) == (255, 255, 255)  # laid on white, not black
-    camera = load_rgb(tmp_path / "raw/images/photos/camera.png")  # grayscale
+    camera = clean_data.load_rgb(tmp_path / "raw/images/photos/camera.png")  # grayscale
     r, g, b = camera.getpixel((100, 100))
     assert camera.mode == "RGB" and r == g == b
 
